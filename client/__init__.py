@@ -1,0 +1,1 @@
+"""The hospital side: local DP-SGD training and evaluation, and the Flower ClientApp that wires them."""

@@ -1,0 +1,77 @@
+"""Flower ClientApp of a hospital: turns Flower messages into site train/evaluate calls.
+
+The same app runs in simulation (site chosen by ``partition-id``) and at a hospital's
+SuperNode (site chosen by ``--node-config 'site="hospital_a"'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig
+
+from client.site_runtime import SiteRuntime
+from common.federation_config import ConfigError, site_names
+from common.privacy import PrivacyBudgetExceeded
+from common.run_config import config_from_run_config
+
+LEDGER_KEY = "privacy-ledger"
+# Error code a site uses to refuse a round that would exceed its privacy budget.
+BUDGET_REFUSED = 4001
+
+
+def site_for_node(cfg: DictConfig, node_config: dict) -> str:
+    """The site this node is: ``site`` from its node config, else its simulation partition."""
+    if "site" in node_config:
+        return str(node_config["site"])
+    names = site_names(cfg)
+    if "partition-id" not in node_config:
+        raise ConfigError("node config has neither 'site' nor 'partition-id'; start the SuperNode with "
+                          "--node-config 'site=\"<name>\"'")
+    if int(node_config.get("num-partitions", len(names))) != len(names):
+        raise ConfigError(
+            f"simulation has {node_config['num-partitions']} nodes but the federation has {len(names)} sites"
+        )
+    return names[int(node_config["partition-id"])]
+
+
+def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
+    """A ClientApp whose handlers compose the config with ``load_config(context)``."""
+    app = ClientApp()
+
+    def runtime(context: Context) -> SiteRuntime:
+        cfg = load_config(context)
+        return SiteRuntime(cfg, site_for_node(cfg, context.node_config))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        site = runtime(context)
+        config = msg.content["config"]
+        cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
+        try:
+            outcome = site.train_round(
+                msg.content["arrays"].to_torch_state_dict(),
+                server_round=int(config["server-round"]),
+                planned_rounds=int(config["num-rounds"]),
+                cached_ledger=cached,
+            )
+        except PrivacyBudgetExceeded as err:
+            return Message(error=Error(code=BUDGET_REFUSED, reason=str(err)), reply_to=msg)
+        context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
+        content = RecordDict(
+            {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
+        )
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        metrics = runtime(context).evaluate_round(msg.content["arrays"].to_torch_state_dict())
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+# Entry point for `flwr run` / SuperNodes: config composed from the run config.
+app = build_client_app(config_from_run_config)

@@ -1,0 +1,172 @@
+"""What one site does in a federated round, without Flower: the ClientApp only wires this.
+
+The site owns its privacy: it loads its ledger (node state cache or disk), calibrates σ
+once for the federation's planned rounds, refuses rounds beyond its budget, trains with
+DP-SGD, saves the ledger, and reports ε and steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from client.evaluate import evaluate
+from client.train import dp_train
+from common.data import SiteData, build_site_data
+from common.device import resolve_device
+from common.federation_config import site_names, site_view
+from common.models import build_model
+from common.privacy import SiteAccountant, calibrate_noise_multiplier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """A finished training round: new weights, reply metrics and the saved ledger."""
+
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    ledger_json: str
+
+
+class SiteRuntime:
+    """One site's data, model factory and privacy ledger.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The full composed config; only this site's view of it is kept.
+    site : str
+        The site's name (a key of the federation's sites).
+    """
+
+    def __init__(self, cfg: DictConfig, site: str) -> None:
+        self.site = site
+        self.index = sorted_sites_index(cfg, site)
+        self.view = site_view(cfg, site)
+        self.task = cfg.task
+        self.model_cfg = cfg.model
+        self.seed = int(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.show_progress = bool(cfg.simulation.show_progress)
+
+    @cached_property
+    def data(self) -> SiteData:
+        """The site's datasets, built on first use."""
+        return build_site_data(self.task, self.view.data)
+
+    def model_from(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A fresh DP-conformant model holding ``state`` (refuses NaN/inf weights)."""
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"site {self.site}: received global weights with NaN/inf in {bad[:3]}")
+        model = build_model(self.model_cfg)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def load_ledger(self, cached: str | None) -> SiteAccountant:
+        """The site's ledger from the node-state cache and/or its state dir."""
+        p = self.view.privacy
+        return SiteAccountant.restore(
+            site=self.site, mechanism=p.accountant, delta=p.delta, state_dir=self.view.state_dir, cached=cached
+        )
+
+    def steps_per_round(self) -> tuple[float, int]:
+        """(Poisson sample rate q, optimizer steps per round) exactly as Opacus will run them."""
+        batches = math.ceil(self.view.data.num_train / self.view.training.batch_size)
+        return 1.0 / batches, self.view.training.local_epochs * batches
+
+    def noise_multiplier(self, ledger: SiteAccountant, *, planned_rounds: int) -> float:
+        """σ for this site, fixed on first use for the whole federation.
+
+        Calibrated once for ``planned_rounds`` rounds: re-calibrating each round would
+        re-spend the budget every round while reporting only one round's ε.
+        """
+        if ledger.noise_multiplier is None:
+            p = self.view.privacy
+            q, steps = self.steps_per_round()
+            if p.noise_multiplier is not None:
+                ledger.noise_multiplier = float(p.noise_multiplier)
+            else:
+                ledger.noise_multiplier = calibrate_noise_multiplier(
+                    target_epsilon=p.target_epsilon,
+                    delta=p.delta,
+                    sample_rate=q,
+                    steps=steps * planned_rounds,
+                    mechanism=p.accountant,
+                )
+            log.info(
+                "site %s: σ=%.4f for %d rounds × %d steps at q=%.4f (budget ε=%g, δ=%g)",
+                self.site, ledger.noise_multiplier, planned_rounds, steps, q, p.target_epsilon, p.delta,
+            )
+        return ledger.noise_multiplier
+
+    def train_round(
+        self, state: dict[str, torch.Tensor], *, server_round: int, planned_rounds: int, cached_ledger: str | None
+    ) -> TrainOutcome:
+        """Train one round with DP-SGD and return the update and the site's privacy status.
+
+        Raises
+        ------
+        PrivacyBudgetExceeded
+            If this round would exceed the site's budget; nothing is trained or saved.
+        """
+        model = self.model_from(state)
+        ledger = self.load_ledger(cached_ledger)
+        sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
+        # Seeded per site and round: reproducible runs, yet different noise every step.
+        torch.manual_seed(self.seed * 1_000_003 + self.index * 1009 + server_round)
+        result = dp_train(
+            model,
+            self.data.train,
+            task=self.task.name,
+            training=self.view.training,
+            ledger=ledger,
+            noise_multiplier=sigma,
+            max_grad_norm=self.view.privacy.max_grad_norm,
+            budget=self.view.privacy.target_epsilon,
+            device=self.device,
+            show_progress=self.show_progress,
+        )
+        ledger.save(self.view.state_dir)
+        q, _ = self.steps_per_round()
+        metrics = {
+            "num-examples": float(result.num_examples),
+            # DP-FedAvg accounting needs equal weights: one site, one vote.
+            "uniform-weight": 1.0,
+            "site-index": float(self.index),
+            "train-loss": result.mean_loss,
+            "eps-sample": result.epsilon,
+            "steps": float(ledger.steps),
+            "noise-multiplier": sigma,
+            "sample-rate": q,
+        }
+        return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
+
+    def evaluate_round(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Evaluate the global model on the site's test set."""
+        metrics = evaluate(
+            self.model_from(state),
+            self.data.test,
+            task=self.task.name,
+            batch_size=self.view.training.eval_batch_size,
+            device=self.device,
+            class_names=list(self.task.get("class_names") or []),
+        )
+        metrics["site-index"] = float(self.index)
+        return metrics
+
+
+def sorted_sites_index(cfg: DictConfig, site: str) -> int:
+    """Position of ``site`` in the federation's fixed site order."""
+    names = site_names(cfg)
+    if site not in names:
+        raise ValueError(f"unknown site {site!r}; this federation has: {', '.join(names)}")
+    return names.index(site)

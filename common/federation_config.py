@@ -1,0 +1,108 @@
+"""Resolve the federation's sites from the composed config, and reject impossible configs early.
+
+Config enters the code once, here: every site gets one self-contained view
+(``name``, ``data``, ``privacy``, ``training``, ``state_dir``) in which the site's own
+keys override the global ``privacy`` and ``training`` groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """The composed configuration cannot be run; the message names the key and the fix."""
+
+
+def site_names(cfg: DictConfig) -> list[str]:
+    """Site names in a fixed order (partition i of the simulation is site i)."""
+    return sorted(expand_sites(cfg.federation))
+
+
+def expand_sites(federation: DictConfig) -> dict[str, DictConfig]:
+    """Explicit sites plus those generated from ``federation.generated_sites``."""
+    sites = {str(k): v for k, v in (federation.get("sites") or {}).items()}
+    gen = federation.get("generated_sites")
+    if gen:
+        rng = np.random.default_rng(gen.generator_seed)
+        width = len(str(gen.count - 1))
+        for i in range(gen.count):
+            name = f"site_{i:0{width}d}"
+            site = OmegaConf.merge(gen.template, {"name": name})
+            site.data.seed = gen.base_seed + i
+            site.data.positive_fraction = float(rng.uniform(*gen.positive_fraction))
+            site.data.lesion_fraction = float(rng.uniform(*gen.lesion_fraction))
+            site.data.intensity_shift = float(rng.normal(0.0, gen.shift_std))
+            sites[name] = site
+    return sites
+
+
+def site_view(cfg: DictConfig, name: str) -> DictConfig:
+    """The one config a site trains with: its data, merged privacy and training, state dir."""
+    sites = expand_sites(cfg.federation)
+    if name not in sites:
+        raise ConfigError(f"unknown site {name!r}; this federation has: {', '.join(sorted(sites))}")
+    site = sites[name]
+    if site.get("name", name) != name:
+        raise ConfigError(f"site file for {name!r} says name={site.name!r}; they must agree")
+    state_dir = site.get("state_dir") or f"{cfg.state_root}/{name}"
+    return OmegaConf.create(
+        {
+            "name": name,
+            "data": OmegaConf.to_container(site.data, resolve=True),
+            "privacy": OmegaConf.to_container(OmegaConf.merge(cfg.privacy, site.get("privacy") or {}), resolve=True),
+            "training": OmegaConf.to_container(
+                OmegaConf.merge(cfg.training, site.get("training") or {}), resolve=True
+            ),
+            "state_dir": str(state_dir),
+        }
+    )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for configs that cannot run or would weaken privacy silently."""
+    fed = cfg.federation
+    if fed.num_rounds < 1:
+        raise ConfigError(f"federation.num_rounds must be >= 1, got {fed.num_rounds}")
+    names = site_names(cfg)
+    if len(names) < 2:
+        raise ConfigError(f"a federation needs at least 2 sites, got {len(names)}: {names}")
+    for name in names:
+        view = site_view(cfg, name)
+        p, t, d = view.privacy, view.training, view.data
+        where = f"site {name}"
+        if p.target_epsilon <= 0:
+            raise ConfigError(f"{where}: privacy.target_epsilon must be > 0, got {p.target_epsilon}")
+        if not 0 < p.delta < 1:
+            raise ConfigError(f"{where}: privacy.delta must be in (0, 1), got {p.delta}")
+        if p.delta >= 1.0 / d.num_train:
+            raise ConfigError(
+                f"{where}: privacy.delta={p.delta:g} must be below 1/num_train={1 / d.num_train:.2g}, "
+                "else one patient's data could leak outright"
+            )
+        if p.max_grad_norm <= 0:
+            raise ConfigError(f"{where}: privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
+        if p.noise_multiplier is not None and p.noise_multiplier <= 0:
+            raise ConfigError(f"{where}: privacy.noise_multiplier must be > 0 or null, got {p.noise_multiplier}")
+        if not 1 <= t.batch_size <= d.num_train:
+            raise ConfigError(
+                f"{where}: training.batch_size must be in [1, num_train={d.num_train}], got {t.batch_size}"
+            )
+        if t.max_physical_batch_size < 1 or t.local_epochs < 1:
+            raise ConfigError(f"{where}: training.max_physical_batch_size and local_epochs must be >= 1")
+    strategy = cfg.strategy
+    if strategy.client_dp is not None:
+        if strategy.fraction_train != 1.0:
+            raise ConfigError(
+                "client-level DP is accounted without sampling amplification and needs every site in "
+                f"every round: set strategy.fraction_train=1.0 (got {strategy.fraction_train})"
+            )
+        if strategy.client_dp.noise_multiplier <= 0:
+            raise ConfigError(
+                f"strategy.client_dp.noise_multiplier must be > 0, got {strategy.client_dp.noise_multiplier}"
+            )
+        if not 0 < strategy.client_dp.delta < 1.0 / len(names):
+            raise ConfigError(
+                f"strategy.client_dp.delta={strategy.client_dp.delta:g} must be in (0, 1/sites={1 / len(names):.2g})"
+            )

@@ -1,0 +1,1 @@
+"""The coordinator: Flower ServerApp, DP-FedAvg strategies, client-level accounting, MLflow tracking."""

@@ -1,0 +1,121 @@
+"""MLflow tracking of one federation run (a child run under a parent for Hydra multiruns).
+
+Uses ``MlflowClient`` with explicit run ids: in simulation the ServerApp runs in its own
+thread, where MLflow's fluent "active run" would not be visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# MLflow's log_batch accepts at most this many params / metrics per call.
+_BATCH = 100
+# MLflow's param value size limit.
+_MAX_PARAM_CHARS = 6000
+SWEEP_TAG = "privmed.sweep"
+
+
+def tracking_uri(mlflow_cfg: DictConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the configured URI (a sqlite file by default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(mlflow_cfg.tracking_uri)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into dotted keys with string values."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:_MAX_PARAM_CHARS]
+    return flat
+
+
+class MlflowSink:
+    """One MLflow run: config as params and YAML, round metrics, final model and plots.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The full resolved config; ``cfg.mlflow`` says where and how to log.
+    sweep : str or None
+        A multirun's sweep id: runs of one sweep become children of one parent run.
+    """
+
+    def __init__(self, cfg: DictConfig, *, sweep: str | None = None) -> None:
+        self.uri = tracking_uri(cfg.mlflow)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(cfg.mlflow.experiment_name)
+        self.experiment_id = (
+            experiment.experiment_id if experiment else self.client.create_experiment(cfg.mlflow.experiment_name)
+        )
+        tags = {}
+        if sweep:
+            tags["mlflow.parentRunId"] = self._parent_run(sweep)
+            tags[SWEEP_TAG] = sweep
+        run = self.client.create_run(self.experiment_id, run_name=cfg.mlflow.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        container = OmegaConf.to_container(cfg, resolve=True)
+        self._log_params(flatten(container))
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved_config.yaml")
+        log.info("MLflow run %s at %s", self.run_id, self.uri)
+
+    def _parent_run(self, sweep: str) -> str:
+        query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`privmed.role` = 'parent'"
+        found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        parent = self.client.create_run(
+            self.experiment_id, run_name=f"sweep {sweep}", tags={SWEEP_TAG: sweep, "privmed.role": "parent"}
+        )
+        self.client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        return parent.info.run_id
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_site_params(self, params: dict[str, float]) -> None:
+        """Per-site privacy parameters, known once the site calibrated σ."""
+        self._log_params({k: f"{v:.6g}" for k, v in params.items()})
+
+    def log_round(self, server_round: int, metrics: dict[str, float]) -> None:
+        """Metrics of one round, with ``step`` = server round."""
+        items = [Metric(k, float(v), 0, server_round) for k, v in metrics.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+
+    def finish(
+        self,
+        *,
+        model_state: dict[str, torch.Tensor] | None,
+        model_cfg: DictConfig,
+        artifacts: list[Path],
+        status: str,
+        stop_reason: str | None,
+    ) -> None:
+        """Log the final global model, plots and summary, then close the run with ``status``."""
+        if stop_reason:
+            self.client.set_tag(self.run_id, "privmed.stop_reason", stop_reason)
+        with tempfile.TemporaryDirectory() as tmp:
+            if model_state is not None:
+                torch.save(model_state, Path(tmp) / "state_dict.pt")
+                (Path(tmp) / "model_config.yaml").write_text(OmegaConf.to_yaml(model_cfg))
+                self.client.log_artifacts(self.run_id, tmp, "model")
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, str(path), "report")
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,104 @@
+"""Flower ServerApp of the coordinator: reads config, builds the strategy, runs it, tracks it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig
+
+from common.federation_config import site_names, validate_config
+from common.models import build_model
+from common.run_config import config_from_run_config
+from server.mlflow_sink import MlflowSink
+from server.report import print_summary, progress_plot
+from server.round_tracker import FederationStopped, RoundTracker
+from server.strategy import build_strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FederationReport:
+    """What a finished federation leaves for its caller."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def run_federation(grid: Grid, cfg: DictConfig, *, sweep: str | None = None) -> FederationReport:
+    """Run ``cfg.federation.num_rounds`` rounds on ``grid`` and record everything in MLflow."""
+    validate_config(cfg)
+    sites = site_names(cfg)
+    sink = MlflowSink(cfg, sweep=sweep)
+    tracker = RoundTracker(sites=sites, metric=cfg.task.metric, sink=sink)
+    strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
+    torch.manual_seed(cfg.seed)  # every site starts from the same seeded initial model
+    initial = ArrayRecord(torch_state_dict=build_model(cfg.model).state_dict())
+    report = FederationReport(run_id=sink.run_id, tracking_uri=sink.uri)
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=cfg.federation.num_rounds,
+            timeout=cfg.simulation.round_timeout_s,
+            # Sites calibrate σ once for the planned number of rounds.
+            train_config=ConfigRecord({"num-rounds": cfg.federation.num_rounds}),
+            evaluate_fn=tracker.end_round,
+        )
+    except (FederationStopped, PrivacyBudgetExhausted) as err:
+        report.stop_reason = str(err)
+        log.warning("federation stopped early: %s", err)
+    except BaseException:
+        status = RunStatus.to_string(RunStatus.FAILED)
+        raise
+    finally:
+        report.rows = tracker.rows
+        text = print_summary(tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason)
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts = [Path(tmp) / "summary.txt"]
+            artifacts[0].write_text(text)
+            if tracker.rows:
+                artifacts.append(progress_plot(tracker.rows, metric=cfg.task.metric, path=Path(tmp) / "progress.png"))
+            latest = tracker.latest_arrays
+            sink.finish(
+                model_state=latest.to_torch_state_dict() if latest is not None and cfg.mlflow.log_model else None,
+                model_cfg=cfg.model,
+                artifacts=artifacts,
+                status=status,
+                stop_reason=report.stop_reason,
+            )
+    return report
+
+
+def build_server_app(
+    load_config: Callable[[Context], DictConfig],
+    *,
+    sweep: str | None = None,
+    on_finish: Callable[[FederationReport], None] | None = None,
+) -> ServerApp:
+    """A ServerApp whose main composes the config with ``load_config(context)``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        report = run_federation(grid, load_config(context), sweep=sweep)
+        if on_finish is not None:
+            on_finish(report)
+
+    return app
+
+
+# Entry point for `flwr run`: config composed from the run config's Hydra overrides.
+app = build_server_app(config_from_run_config)

@@ -1,0 +1,56 @@
+"""Build the configured Flower strategy: FedAvg, optionally wrapped in DP-FedAvg."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
+from omegaconf import DictConfig
+
+from server.client_privacy import AccountedAdaptiveClipping, client_accountant
+from server.round_tracker import RoundTracker
+
+STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive")
+
+
+def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTracker) -> tuple[Strategy, Callable[[], float] | None]:
+    """Return the strategy and, when client-level DP is on, a function giving cumulative ε.
+
+    Raises
+    ------
+    ValueError
+        Naming an unknown strategy and the valid ones.
+    """
+    if strategy_cfg.name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy_cfg.name!r}; valid: {', '.join(STRATEGIES)}")
+    dp = strategy_cfg.client_dp
+    base = FedAvg(
+        fraction_train=strategy_cfg.fraction_train,
+        fraction_evaluate=strategy_cfg.fraction_evaluate,
+        min_train_nodes=num_sites if dp is not None else 2,
+        min_evaluate_nodes=2,
+        min_available_nodes=num_sites,
+        # Client-level DP accounting assumes one site, one vote.
+        weighted_by_key="uniform-weight" if dp is not None else "num-examples",
+        train_metrics_aggr_fn=tracker.aggregate_train_metrics,
+        evaluate_metrics_aggr_fn=tracker.aggregate_evaluate_metrics,
+    )
+    if dp is None:
+        return base, None
+    accountant = client_accountant(num_sites=num_sites, delta=dp.delta, max_epsilon=dp.max_epsilon)
+    if strategy_cfg.name == "dp_fedavg":
+        strategy: Strategy = DifferentialPrivacyServerSideFixedClipping(
+            base, dp.noise_multiplier, dp.clipping_norm, num_sites, accountant=accountant
+        )
+    else:
+        strategy = AccountedAdaptiveClipping(
+            base,
+            dp.noise_multiplier,
+            num_sites,
+            initial_clipping_norm=dp.initial_clipping_norm,
+            target_clipped_quantile=dp.target_clipped_quantile,
+            clip_norm_lr=dp.clip_norm_lr,
+            total_noise_multiplier=dp.noise_multiplier,
+            accountant=accountant,
+        )
+    return strategy, lambda: accountant.get_privacy_spent().epsilon
