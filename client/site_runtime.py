@@ -56,6 +56,8 @@ class SiteRuntime:
         self.seed = int(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.show_progress = bool(cfg.simulation.show_progress)
+        weights = self.task.get("class_weights")
+        self.class_weights = None if weights is None else [float(w) for w in weights]
 
     @cached_property
     def data(self) -> SiteData:
@@ -133,6 +135,7 @@ class SiteRuntime:
             max_grad_norm=self.view.privacy.max_grad_norm,
             budget=self.view.privacy.target_epsilon,
             device=self.device,
+            class_weights=self.class_weights,
             show_progress=self.show_progress,
         )
         ledger.save(self.view.state_dir)

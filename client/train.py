@@ -49,6 +49,7 @@ def dp_train(
     max_grad_norm: float,
     budget: float,
     device: torch.device,
+    class_weights: list[float] | None = None,
     show_progress: bool = False,
 ) -> LocalTrainResult:
     """Train ``model`` on ``dataset`` with DP-SGD for ``training.local_epochs`` epochs.
@@ -65,6 +66,8 @@ def dp_train(
         σ and the per-sample clipping norm C.
     budget : float
         The site's ε budget; the round is refused before any step if it would exceed it.
+    class_weights : list of float, optional
+        Fixed cross-entropy class weights (segmentation).
 
     Raises
     ------
@@ -107,7 +110,7 @@ def dp_train(
                 images, targets = images.to(device), targets.to(device)
                 private_opt.zero_grad(set_to_none=True)
                 # Mean of a per-sample loss: Opacus rescales it back to per-sample grads.
-                loss = task_loss(task, private_model(images), targets).mean()
+                loss = task_loss(task, private_model(images), targets, class_weights=class_weights).mean()
                 loss.backward()
                 private_opt.step()
                 if not private_opt._is_last_step_skipped:

@@ -17,7 +17,13 @@ def per_sample_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.reshape(-1), targets.float(), reduction="none")
 
 
-def per_image_dice_ce(logits: torch.Tensor, masks: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
+def per_image_dice_ce(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    class_weights: list[float] | None = None,
+    smooth: float = 1.0,
+) -> torch.Tensor:
     """Soft multi-class Dice loss plus cross-entropy, computed per image.
 
     Parameters
@@ -26,6 +32,9 @@ def per_image_dice_ce(logits: torch.Tensor, masks: torch.Tensor, *, smooth: floa
         ``[B, C, H, W]`` raw scores, class 0 is background.
     masks : torch.Tensor
         ``[B, H, W]`` integer labels.
+    class_weights : list of float, optional
+        Cross-entropy weight per class (fixed in config, never estimated from private
+        data): small lesions need more weight than background to be learned at all.
     smooth : float
         Added to numerator and denominator so empty classes give a finite loss.
 
@@ -42,14 +51,17 @@ def per_image_dice_ce(logits: torch.Tensor, masks: torch.Tensor, *, smooth: floa
     cardinality = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * intersection + smooth) / (cardinality + smooth)
     dice_loss = (1 - dice[:, 1:]).mean(dim=1)
-    ce = F.cross_entropy(logits, masks.long(), reduction="none").mean(dim=(1, 2))
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
+    ce = F.cross_entropy(logits, masks.long(), weight=weight, reduction="none").mean(dim=(1, 2))
     return dice_loss + ce
 
 
-def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def task_loss(
+    task: str, outputs: torch.Tensor, targets: torch.Tensor, *, class_weights: list[float] | None = None
+) -> torch.Tensor:
     """The per-sample loss of ``task`` (``classification`` or ``segmentation``), shape ``[B]``."""
     if task == "classification":
         return per_sample_bce(outputs, targets)
     if task == "segmentation":
-        return per_image_dice_ce(outputs, targets)
+        return per_image_dice_ce(outputs, targets, class_weights=class_weights)
     raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")

@@ -43,7 +43,8 @@ def summary_table(rows: list[dict[str, float]], *, sites: list[str], metric: str
 
 def print_summary(rows: list[dict[str, float]], *, sites: list[str], metric: str, stop_reason: str | None) -> str:
     """Print the table (and why the run stopped early, if it did); return it as text."""
-    console = Console(record=True)
+    # Wide enough for a column per site even when stdout is a log file, not a terminal.
+    console = Console(record=True, width=max(100, 40 + 14 * min(len(sites), 6)))
     console.print(summary_table(rows, sites=sites, metric=metric))
     if stop_reason:
         console.print(f"[bold yellow]Stopped early:[/] {stop_reason}")

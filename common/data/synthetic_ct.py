@@ -70,9 +70,9 @@ def make_ct_slices(
         active = with_lesion & ((k == 0) | (rng.random(n) < 0.4))
         lx = cx + rng.uniform(-0.5, 0.5, (n, 1, 1)).astype(np.float32) * rx
         ly = cy + rng.uniform(-0.5, 0.5, (n, 1, 1)).astype(np.float32) * ry
-        lr = rng.uniform(0.1, 0.2, (n, 1, 1)).astype(np.float32)
+        lr = rng.uniform(0.15, 0.3, (n, 1, 1)).astype(np.float32)
         lesion = (((xx - lx) ** 2 + (yy - ly) ** 2) < lr**2) & liver & active[:, None, None]
-        delta = rng.choice([-1.0, 1.0], (n, 1, 1)) * rng.uniform(0.2, 0.35, (n, 1, 1))
+        delta = rng.choice([-1.0, 1.0], (n, 1, 1)) * rng.uniform(0.3, 0.5, (n, 1, 1))
         images += (delta * lesion).astype(np.float32)
         labels[lesion] = LESION
 

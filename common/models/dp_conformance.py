@@ -94,5 +94,8 @@ def find_dp_violations(model: nn.Module) -> list[str]:
             problems.append(f"{label}: {type(module).__name__}(inplace=True)")
         if type(module) in _SAFE_BLOCKS:
             problems.append(f"{label}: torchvision {type(module).__name__} adds the residual in place")
-    problems.extend(str(err) for err in ModuleValidator.validate(model, strict=False))
+    # Opacus' validator also insists on train mode; that is a state, not a property of the model.
+    was_training = model.training
+    problems.extend(str(err) for err in ModuleValidator.validate(model.train(), strict=False))
+    model.train(was_training)
     return sorted(set(problems))
