@@ -29,12 +29,15 @@ def expand_sites(federation: DictConfig) -> dict[str, DictConfig]:
         width = len(str(gen.count - 1))
         for i in range(gen.count):
             name = f"site_{i:0{width}d}"
-            site = OmegaConf.merge(gen.template, {"name": name})
-            site.data.seed = gen.base_seed + i
-            site.data.positive_fraction = float(rng.uniform(*gen.positive_fraction))
-            site.data.lesion_fraction = float(rng.uniform(*gen.lesion_fraction))
-            site.data.intensity_shift = float(rng.normal(0.0, gen.shift_std))
-            sites[name] = site
+            site = OmegaConf.to_container(gen.template, resolve=True)
+            site["name"] = name
+            site["data"].update(
+                seed=gen.base_seed + i,
+                positive_fraction=float(rng.uniform(*gen.positive_fraction)),
+                lesion_fraction=float(rng.uniform(*gen.lesion_fraction)),
+                intensity_shift=float(rng.normal(0.0, gen.shift_std)),
+            )
+            sites[name] = OmegaConf.create(site)
     return sites
 
 

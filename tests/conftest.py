@@ -22,7 +22,7 @@ def _torch_threads() -> None:
 def tiny_config(tmp_path) -> Callable[..., DictConfig]:
     """Compose the real config with small data and a private state root, plus overrides."""
 
-    def make(*overrides: str) -> DictConfig:
+    def make(*overrides: str, small_sites: bool = True) -> DictConfig:
         base = [
             f"state_root={tmp_path / 'state'}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -31,6 +31,7 @@ def tiny_config(tmp_path) -> Callable[..., DictConfig]:
             "training.max_physical_batch_size=16",
             "simulation.show_progress=false",
             "device=cpu",
+            *(TINY_SITES if small_sites else []),
         ]
         return compose_config([*base, *overrides])
 

@@ -1,0 +1,88 @@
+"""A site's round: DP-SGD steps accounted, budget refusals, restarts, unwrapped weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from independent_accounting import sample_level_epsilon
+
+from client.site_runtime import SiteRuntime
+from common.models import build_model
+from common.privacy import PrivacyBudgetExceeded
+
+
+def _initial_state(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg.model).state_dict()
+
+
+def test_rounds_accumulate_and_match_independent_accountant(tiny_config):
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    site = SiteRuntime(cfg, "hospital_a")
+    q, per_round = site.steps_per_round()
+    assert q == pytest.approx(16 / 64) and per_round == 4
+    cached = None
+    for r in (1, 2, 3):
+        out = site.train_round(state, server_round=r, planned_rounds=3, cached_ledger=cached)
+        cached = out.ledger_json
+        assert out.metrics["steps"] == r * per_round
+    sigma = out.metrics["noise-multiplier"]
+    expected = sample_level_epsilon([(sigma, q, 3 * per_round)], cfg.privacy.delta)
+    assert out.metrics["eps-sample"] == pytest.approx(expected, rel=0.03)
+    # Calibrated for 3 rounds: the full plan lands just under the site's budget.
+    assert 0.9 * cfg.privacy.target_epsilon < out.metrics["eps-sample"] <= cfg.privacy.target_epsilon
+
+
+def test_restarted_site_continues_from_disk(tiny_config):
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    SiteRuntime(cfg, "hospital_b").train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
+    # A new runtime (a restarted SuperNode) with no node-state cache: the disk ledger is used.
+    out = SiteRuntime(cfg, "hospital_b").train_round(state, server_round=2, planned_rounds=2, cached_ledger=None)
+    assert out.metrics["steps"] == 8
+
+
+def test_site_refuses_round_beyond_budget_and_keeps_ledger(tiny_config):
+    # σ=1.5, q=1/4, 4 steps a round: ε≈2.5, 3.2, 3.8 after rounds 1-3, then 4.7 > 4.
+    cfg = tiny_config("privacy.noise_multiplier=1.5", "privacy.target_epsilon=4.0")
+    state = _initial_state(cfg)
+    site = SiteRuntime(cfg, "hospital_c")
+    out = site.train_round(state, server_round=1, planned_rounds=5, cached_ledger=None)
+    eps_after_first = out.metrics["eps-sample"]
+    with pytest.raises(PrivacyBudgetExceeded, match="hospital_c.*above its budget ε=4"):
+        for r in range(2, 10):
+            out = site.train_round(state, server_round=r, planned_rounds=5, cached_ledger=None)
+    ledger = site.load_ledger(None)
+    assert ledger.epsilon() <= 4.0
+    assert ledger.epsilon() >= eps_after_first
+
+
+def test_update_is_unwrapped_and_loads_into_plain_model(tiny_config):
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    out = SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    assert not any(k.startswith("_module.") for k in out.state)
+    assert set(out.state) == set(state)
+    build_model(cfg.model).load_state_dict(out.state, strict=True)
+    changed = [k for k in state if not torch.equal(state[k], out.state[k])]
+    assert changed and all("bn" in k or "fc" in k or "downsample.1" in k for k in changed)
+
+
+def test_nan_global_weights_are_refused(tiny_config):
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    state["fc.weight"] = torch.full_like(state["fc.weight"], math.nan)
+    with pytest.raises(ValueError, match="hospital_a.*NaN/inf.*fc.weight"):
+        SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+
+
+def test_evaluate_reports_auc_and_segmentation_dice_per_class(tiny_config):
+    cfg = tiny_config()
+    metrics = SiteRuntime(cfg, "hospital_a").evaluate_round(_initial_state(cfg))
+    assert 0.0 <= metrics["auc"] <= 1.0 and metrics["num-examples"] == 48
+    seg = tiny_config("task=segmentation")
+    metrics = SiteRuntime(seg, "hospital_a").evaluate_round(_initial_state(seg))
+    assert {"dice", "dice.liver", "dice.lesion", "loss"} <= set(metrics)
