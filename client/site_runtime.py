@@ -164,6 +164,7 @@ class SiteRuntime:
             class_names=list(self.task.get("class_names") or []),
         )
         metrics["site-index"] = float(self.index)
+        metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
 
 

@@ -63,6 +63,13 @@ def site_view(cfg: DictConfig, name: str) -> DictConfig:
     )
 
 
+def adaptive_count_stddev(client_dp: DictConfig, num_sites: int) -> float:
+    """Noise std on the clipped-update count for adaptive clipping (see the strategy config)."""
+    if client_dp.clipped_count_stddev is not None:
+        return float(client_dp.clipped_count_stddev)
+    return max(num_sites / 20, float(client_dp.noise_multiplier))
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for configs that cannot run or would weaken privacy silently."""
     fed = cfg.federation
@@ -105,6 +112,14 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"strategy.client_dp.noise_multiplier must be > 0, got {strategy.client_dp.noise_multiplier}"
             )
+        if strategy.client_dp.clipping == "adaptive":
+            count_std = adaptive_count_stddev(strategy.client_dp, len(names))
+            if strategy.client_dp.noise_multiplier >= 2 * count_std:
+                raise ConfigError(
+                    f"strategy.client_dp.noise_multiplier={strategy.client_dp.noise_multiplier:g} needs "
+                    f"clipped_count_stddev > {strategy.client_dp.noise_multiplier / 2:g} (got {count_std:g}): "
+                    "adaptive clipping splits the noise between the clipped count and the update"
+                )
         if not 0 < strategy.client_dp.delta < 1.0 / len(names):
             raise ConfigError(
                 f"strategy.client_dp.delta={strategy.client_dp.delta:g} must be in (0, 1/sites={1 / len(names):.2g})"

@@ -92,7 +92,7 @@ class RoundTracker:
     def aggregate_evaluate_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Example-weighted averages of every evaluation metric (NaN from one-class sites skipped)."""
         per_site = [_metrics_of(r) for r in records]
-        keys = sorted({k for m in per_site for k in m} - {"num-examples", "site-index"})
+        keys = sorted({k for m in per_site for k in m} - {"num-examples", "site-index", "uniform-weight"})
         self._eval = {k: _weighted([(m[k], m["num-examples"]) for m in per_site if k in m]) for k in keys}
         for m in per_site:
             site = self.sites[int(m["site-index"])]

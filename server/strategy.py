@@ -7,6 +7,7 @@ from collections.abc import Callable
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
 from omegaconf import DictConfig
 
+from common.federation_config import adaptive_count_stddev
 from server.client_privacy import AccountedAdaptiveClipping, client_accountant
 from server.round_tracker import RoundTracker
 
@@ -50,6 +51,7 @@ def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTr
             initial_clipping_norm=dp.initial_clipping_norm,
             target_clipped_quantile=dp.target_clipped_quantile,
             clip_norm_lr=dp.clip_norm_lr,
+            clipped_count_stddev=adaptive_count_stddev(dp, num_sites),
             total_noise_multiplier=dp.noise_multiplier,
             accountant=accountant,
         )

@@ -92,6 +92,17 @@ def test_client_dp_requires_every_site_every_round(tiny_config):
         validate_config(tiny_config("strategy=dp_fedavg", "strategy.client_dp.delta=0.5"))
 
 
+def test_adaptive_clipping_noise_split_is_checked_up_front(tiny_config):
+    with pytest.raises(ConfigError, match="clipped_count_stddev > 1.5 \\(got 0.15"):
+        validate_config(
+            tiny_config(
+                "strategy=dp_fedavg_adaptive",
+                "strategy.client_dp.noise_multiplier=3.0",
+                "strategy.client_dp.clipped_count_stddev=0.15",
+            )
+        )
+
+
 def test_unknown_site_is_named(tiny_config):
     with pytest.raises(ConfigError, match="unknown site 'hospital_z'.*hospital_a"):
         site_view(tiny_config(), "hospital_z")

@@ -73,7 +73,10 @@ def test_segmentation_federation_logs_dice(tiny_config):
 
 @pytest.mark.parametrize("strategy", ["dp_fedavg", "dp_fedavg_adaptive"])
 def test_client_level_epsilon_matches_independent_accountant(tiny_config, strategy):
-    cfg = tiny_config(f"strategy={strategy}", "strategy.client_dp.noise_multiplier=3.0", "strategy.client_dp.delta=1e-2")
+    extra = ["strategy.client_dp.clipped_count_stddev=10"] if strategy.endswith("adaptive") else []
+    cfg = tiny_config(
+        f"strategy={strategy}", "strategy.client_dp.noise_multiplier=3.0", "strategy.client_dp.delta=1e-2", *extra
+    )
     report = simulate(cfg)
     client, run = _run(report)
     eps = _history(client, run.info.run_id, "eps_client")
