@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from opacus.accountants.utils import get_noise_multiplier
 
 from common.privacy.mechanisms import new_accountant
 
 
+@lru_cache(maxsize=64)  # a binary search of ~15 ε evaluations; sites of equal size share it
 def calibrate_noise_multiplier(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, mechanism: str = "rdp"
 ) -> float:
