@@ -56,6 +56,7 @@ def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
                 server_round=int(config["server-round"]),
                 planned_rounds=int(config["num-rounds"]),
                 cached_ledger=cached,
+                frozen_sha256=str(config["frozen-sha256"]),
             )
         except PrivacyBudgetExceeded as err:
             return Message(error=Error(code=BUDGET_REFUSED, reason=str(err)), reply_to=msg)
@@ -67,7 +68,9 @@ def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = runtime(context).evaluate_round(msg.content["arrays"].to_torch_state_dict())
+        metrics = runtime(context).evaluate_round(
+            msg.content["arrays"].to_torch_state_dict(), str(msg.content["config"]["frozen-sha256"])
+        )
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

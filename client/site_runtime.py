@@ -21,7 +21,7 @@ from client.train import dp_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
 from common.federation_config import site_names, site_view
-from common.models import build_model
+from common.models import frozen_digest, initial_model, load_exchanged
 from common.privacy import SiteAccountant, calibrate_noise_multiplier
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,25 @@ class SiteRuntime:
         """The site's datasets, built on first use."""
         return build_site_data(self.task, self.view.data)
 
-    def model_from(self, state: dict[str, torch.Tensor]) -> nn.Module:
-        """A fresh DP-conformant model holding ``state`` (refuses NaN/inf weights)."""
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise ValueError(f"site {self.site}: received global weights with NaN/inf in {bad[:3]}")
-        model = build_model(self.model_cfg)
-        model.load_state_dict(state, strict=True)
+    def model_from(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> nn.Module:
+        """The federation's initial model with the received exchanged weights loaded.
+
+        Raises
+        ------
+        ValueError
+            If the frozen weights differ from the server's (``frozen_sha256``), or the
+            received weights are NaN/inf or do not fit the model.
+        """
+        model = initial_model(self.model_cfg, self.seed)
+        if frozen_sha256 is not None and frozen_digest(model) != frozen_sha256:
+            raise ValueError(
+                f"site {self.site}: frozen weights differ from the server's (same model config, seed "
+                "and torch version are required everywhere)"
+            )
+        try:
+            load_exchanged(model, state)
+        except ValueError as err:
+            raise ValueError(f"site {self.site}: {err}") from err
         return model
 
     def load_ledger(self, cached: str | None) -> SiteAccountant:
@@ -111,7 +123,13 @@ class SiteRuntime:
         return ledger.noise_multiplier
 
     def train_round(
-        self, state: dict[str, torch.Tensor], *, server_round: int, planned_rounds: int, cached_ledger: str | None
+        self,
+        state: dict[str, torch.Tensor],
+        *,
+        server_round: int,
+        planned_rounds: int,
+        cached_ledger: str | None,
+        frozen_sha256: str | None = None,
     ) -> TrainOutcome:
         """Train one round with DP-SGD and return the update and the site's privacy status.
 
@@ -120,7 +138,7 @@ class SiteRuntime:
         PrivacyBudgetExceeded
             If this round would exceed the site's budget; nothing is trained or saved.
         """
-        model = self.model_from(state)
+        model = self.model_from(state, frozen_sha256)
         ledger = self.load_ledger(cached_ledger)
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
         # Seeded per site and round: reproducible runs, yet different noise every step.
@@ -153,10 +171,10 @@ class SiteRuntime:
         }
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
 
-    def evaluate_round(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+    def evaluate_round(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> dict[str, float]:
         """Evaluate the global model on the site's test set."""
         metrics = evaluate(
-            self.model_from(state),
+            self.model_from(state, frozen_sha256),
             self.data.test,
             task=self.task.name,
             batch_size=self.view.training.eval_batch_size,

@@ -20,8 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from common.losses import task_loss
-from common.models.trainable import select_trainable
-from common.models.weights import unwrap_state_dict
+from common.models.exchange import exchanged_state
 from common.privacy import SiteAccountant
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LocalTrainResult:
-    """What one round of local training produced."""
+    """What one round of local training produced (``state``: the exchanged weights only)."""
 
     state: OrderedDict[str, torch.Tensor]
     num_examples: int
@@ -58,8 +57,8 @@ def dp_train(
     ----------
     training : DictConfig
         ``batch_size`` (expected logical batch), ``max_physical_batch_size``,
-        ``local_epochs``, ``trainable`` (see :func:`select_trainable`) and ``optimizer``
-        (a ``_partial_`` torch optimizer).
+        ``local_epochs`` and ``optimizer`` (a ``_partial_`` torch optimizer). Only the
+        parameters of ``model`` that require grad are trained.
     ledger : SiteAccountant
         The site's ledger; every optimizer step of this round is appended to it.
     noise_multiplier, max_grad_norm : float
@@ -77,7 +76,6 @@ def dp_train(
     # 1. A plain loader; Opacus turns it into Poisson sampling with q = batch/N.
     loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=True)
     model = model.to(device).train()
-    select_trainable(model, training.trainable)
     optimizer = instantiate(training.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
 
     # 2. The engine's accountant starts from the site's whole history, not from zero.
@@ -122,7 +120,7 @@ def dp_train(
     # 5. Every step was accounted by the engine's hook; the ledger takes the history.
     ledger.absorb(engine.accountant)
     return LocalTrainResult(
-        state=unwrap_state_dict(private_model),
+        state=exchanged_state(private_model),
         num_examples=len(dataset),
         mean_loss=float(sum(losses) / max(len(losses), 1)),
         steps=steps,

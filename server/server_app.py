@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
@@ -16,7 +15,7 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
 from common.federation_config import site_names, validate_config
-from common.models import build_model
+from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.run_config import config_from_run_config
 from server.mlflow_sink import MlflowSink
 from server.report import print_summary, progress_plot
@@ -43,8 +42,10 @@ def run_federation(grid: Grid, cfg: DictConfig, *, sweep: str | None = None) -> 
     sink = MlflowSink(cfg, sweep=sweep)
     tracker = RoundTracker(sites=sites, metric=cfg.task.metric, sink=sink)
     strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
-    torch.manual_seed(cfg.seed)  # every site starts from the same seeded initial model
-    initial = ArrayRecord(torch_state_dict=build_model(cfg.model).state_dict())
+    # Every site rebuilds the same seeded model; only its trained part travels.
+    model = initial_model(cfg.model, cfg.seed)
+    digest = frozen_digest(model)
+    initial = ArrayRecord(torch_state_dict=exchanged_state(model))
     report = FederationReport(run_id=sink.run_id, tracking_uri=sink.uri)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
@@ -54,7 +55,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, sweep: str | None = None) -> 
             num_rounds=cfg.federation.num_rounds,
             timeout=cfg.simulation.round_timeout_s,
             # Sites calibrate σ once for the planned number of rounds.
-            train_config=ConfigRecord({"num-rounds": cfg.federation.num_rounds}),
+            train_config=ConfigRecord({"num-rounds": cfg.federation.num_rounds, "frozen-sha256": digest}),
+            evaluate_config=ConfigRecord({"frozen-sha256": digest}),
             evaluate_fn=tracker.end_round,
         )
     except (FederationStopped, PrivacyBudgetExhausted) as err:
@@ -71,9 +73,12 @@ def run_federation(grid: Grid, cfg: DictConfig, *, sweep: str | None = None) -> 
             artifacts[0].write_text(text)
             if tracker.rows:
                 artifacts.append(progress_plot(tracker.rows, metric=cfg.task.metric, path=Path(tmp) / "progress.png"))
-            latest = tracker.latest_arrays
+            final_state = None
+            if tracker.latest_arrays is not None and cfg.mlflow.log_model:
+                load_exchanged(model, tracker.latest_arrays.to_torch_state_dict())
+                final_state = model.state_dict()  # frozen + trained: a complete model
             sink.finish(
-                model_state=latest.to_torch_state_dict() if latest is not None and cfg.mlflow.log_model else None,
+                model_state=final_state,
                 model_cfg=cfg.model,
                 artifacts=artifacts,
                 status=status,

@@ -39,7 +39,7 @@ def test_default_job_is_three_hospitals_resnet18_sample_dp(tiny_config):
 def test_segmentation_switches_to_unet(tiny_config):
     cfg = tiny_config("task=segmentation")
     assert cfg.model._target_.endswith("build_unet") and cfg.model.num_classes == 3
-    assert "decoder." in cfg.training.trainable
+    assert "decoder." in cfg.model.trainable
 
 
 def test_site_overrides_global_privacy_and_training(tiny_config):

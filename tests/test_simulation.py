@@ -6,17 +6,24 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import torch
 from independent_accounting import gaussian_epsilon, sample_level_epsilon
 from mlflow.tracking import MlflowClient
 
+from common.models import build_model
 from common.privacy.site_accountant import LEDGER_FILE
 from server.simulate import simulate
 
 pytestmark = pytest.mark.slow
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """MLflow puts sqlite-backed artifacts under ./mlruns: keep them in the test's directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _run(report):
@@ -60,6 +67,9 @@ def test_classification_federation_logs_metrics_epsilon_and_model(tiny_config, t
     assert "eps_client" not in run.data.metrics
     artifacts = _artifacts(client, run.info.run_id)
     assert {"model/state_dict.pt", "config/resolved_config.yaml", "report/progress.png", "report/summary.txt"} <= set(artifacts)
+    # The logged model is complete (frozen + trained weights) and loads into a plain model.
+    local = client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
+    build_model(cfg.model).load_state_dict(torch.load(local), strict=True)
 
 
 def test_segmentation_federation_logs_dice(tiny_config):
@@ -118,7 +128,7 @@ def test_multirun_sweep_makes_child_runs_under_one_parent(tmp_path):
         *[f"federation.sites.hospital_{s}.data.num_train=64" for s in "abc"],
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    result = subprocess.run(cmd, cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("privmed")
@@ -132,6 +142,6 @@ def test_multirun_sweep_makes_child_runs_under_one_parent(tmp_path):
 
 def test_invalid_config_fails_before_anything_starts(tmp_path):
     cmd = [sys.executable, "-m", "server.simulate", "federation.num_rounds=0", f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run(cmd, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "invalid configuration: federation.num_rounds must be >= 1, got 0" in result.stderr

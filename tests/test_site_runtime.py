@@ -9,13 +9,12 @@ import torch
 from independent_accounting import sample_level_epsilon
 
 from client.site_runtime import SiteRuntime
-from common.models import build_model
+from common.models import exchanged_state, frozen_digest, initial_model
 from common.privacy import PrivacyBudgetExceeded
 
 
 def _initial_state(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg.model).state_dict()
+    return exchanged_state(initial_model(cfg.model, cfg.seed))
 
 
 def test_rounds_accumulate_and_match_independent_accountant(tiny_config):
@@ -60,22 +59,42 @@ def test_site_refuses_round_beyond_budget_and_keeps_ledger(tiny_config):
     assert ledger.epsilon() >= eps_after_first
 
 
-def test_update_is_unwrapped_and_loads_into_plain_model(tiny_config):
+def test_update_is_unwrapped_and_only_the_trained_part(tiny_config):
     cfg = tiny_config()
-    state = _initial_state(cfg)
-    out = SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    model = initial_model(cfg.model, cfg.seed)
+    state = exchanged_state(model)
+    out = SiteRuntime(cfg, "hospital_a").train_round(
+        state, server_round=1, planned_rounds=1, cached_ledger=None, frozen_sha256=frozen_digest(model)
+    )
     assert not any(k.startswith("_module.") for k in out.state)
     assert set(out.state) == set(state)
-    build_model(cfg.model).load_state_dict(out.state, strict=True)
-    changed = [k for k in state if not torch.equal(state[k], out.state[k])]
-    assert changed and all("bn" in k or "fc" in k or "downsample.1" in k for k in changed)
+    # GroupNorm affine params (named bn*/downsample.1 after the BatchNorm swap) and the head only.
+    assert all("bn" in k or k.startswith("fc.") or "downsample.1" in k for k in out.state)
+    assert sum(v.numel() for v in out.state.values()) < 20_000
+    assert any(not torch.equal(state[k], out.state[k]) for k in state)
+    model.load_state_dict(model.state_dict() | out.state, strict=True)
+
+
+def test_mismatched_frozen_weights_are_refused(tiny_config):
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match="hospital_a: frozen weights differ"):
+        SiteRuntime(cfg, "hospital_a").train_round(
+            _initial_state(cfg), server_round=1, planned_rounds=1, cached_ledger=None, frozen_sha256="0" * 64
+        )
+
+
+def test_weights_of_another_model_are_refused(tiny_config):
+    cfg = tiny_config()
+    wrong = exchanged_state(initial_model(tiny_config("model=small_cnn").model, cfg.seed))
+    with pytest.raises(ValueError, match="hospital_a: received weights do not match the model"):
+        SiteRuntime(cfg, "hospital_a").evaluate_round(wrong)
 
 
 def test_nan_global_weights_are_refused(tiny_config):
     cfg = tiny_config()
     state = _initial_state(cfg)
     state["fc.weight"] = torch.full_like(state["fc.weight"], math.nan)
-    with pytest.raises(ValueError, match="hospital_a.*NaN/inf.*fc.weight"):
+    with pytest.raises(ValueError, match="hospital_a: received weights contain NaN/inf.*fc.weight"):
         SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
 
 

@@ -1,7 +1,15 @@
 """Models made DP-conformant for Opacus, and helpers to move their weights around."""
 
 from common.models.dp_conformance import find_dp_violations, make_dp_conformant
+from common.models.exchange import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.models.factory import build_model
-from common.models.weights import unwrap_state_dict
 
-__all__ = ["build_model", "find_dp_violations", "make_dp_conformant", "unwrap_state_dict"]
+__all__ = [
+    "build_model",
+    "exchanged_state",
+    "find_dp_violations",
+    "frozen_digest",
+    "initial_model",
+    "load_exchanged",
+    "make_dp_conformant",
+]

@@ -17,4 +17,6 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     """
     if "_target_" not in model_cfg:
         raise ValueError(f"model config needs a _target_ builder, got keys {sorted(model_cfg)}")
-    return make_dp_conformant(instantiate(model_cfg))
+    # `trainable` says what DP-SGD trains (see common.models.exchange); not a builder argument.
+    builder_args = {k: v for k, v in model_cfg.items() if k != "trainable"}
+    return make_dp_conformant(instantiate(builder_args))
