@@ -1,7 +1,7 @@
 """DP-SGD step cost vs a non-private step, for ResNet-18 and the UNet, on the same inputs.
 
-Each measurement runs in a fresh process so peak memory (CUDA: max allocated; CPU: peak
-RSS growth over the process after the model is built) is its own. Reported as ratios to the
+Each measurement runs in a fresh process so peak memory is its own (CUDA: max allocated;
+CPU: peak RSS over all steps above the RSS before the first, i.e. the steps' working set). Reported as ratios to the
 non-private step of the same model and trainable set, measured in this run.
 
     python bench/dp_step.py [--steps 5] [--batch 32] [--device auto]
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
 
 import torch
@@ -24,6 +23,20 @@ CASES = [
     ("ResNet-18, norm+head (default)", "classification", "norm,head"),
     ("UNet, norm+head+decoder (default)", "segmentation", "norm,head,decoder."),
 ]
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+def _reset_peak_rss() -> int:
+    """Reset VmHWM to the current RSS (Linux clear_refs "5") and return that RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return _proc_status_kib("VmRSS")
 
 
 def _measure(task: str, trainable: str, private: bool, steps: int, batch: int, device: str, out: mp.Queue) -> None:
@@ -41,7 +54,7 @@ def _measure(task: str, trainable: str, private: bool, steps: int, batch: int, d
     dev = resolve_device(cfg.device)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(dev).train()
-    select_trainable(model, trainable.split(","))
+    select_trainable(model, trainable.split(","))  # override the config: this case measures it
     size = cfg.task.image_size
     x = torch.randn(batch, 1, size, size, device=dev)
     y = torch.randint(0, 2, (batch,), device=dev).float() if task == "classification" else torch.randint(0, 3, (batch, size, size), device=dev)
@@ -57,11 +70,13 @@ def _measure(task: str, trainable: str, private: bool, steps: int, batch: int, d
         task_loss(task, model(x), y, class_weights=weights).mean().backward()
         opt.step()
 
+    # Reset the kernel's peak-RSS mark before the first step: the allocator keeps what a step
+    # took, so the warm-up step is where the working set shows up.
+    base_rss = _reset_peak_rss()
     step()  # warm-up (allocator, kernels)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -69,8 +84,7 @@ def _measure(task: str, trainable: str, private: bool, steps: int, batch: int, d
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        # ru_maxrss is KiB on Linux; growth over warm-up is the step's own working set.
-        peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base_rss) / 1024
+        peak = (_proc_status_kib("VmHWM") - base_rss) / 1024
     out.put(((time.perf_counter() - start) / steps, peak, dev.type))
 
 
@@ -98,7 +112,7 @@ def main() -> None:
         t1, m1, _ = measure(task, trainable, True, args.steps, args.batch, args.device)
         table.add_row(label, dev, f"{t0:.3f}", f"{t1:.3f}", f"{t1 / t0:.2f}x", f"{m0:.0f}", f"{m1:.0f}", f"{m1 / m0:.2f}x")
         Console().print(f"measured {label}")
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":
