@@ -7,13 +7,14 @@ DP-SGD, saves the ledger, and reports ε and steps.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
@@ -59,10 +60,10 @@ class SiteRuntime:
         weights = self.task.get("class_weights")
         self.class_weights = None if weights is None else [float(w) for w in weights]
 
-    @cached_property
+    @property
     def data(self) -> SiteData:
-        """The site's datasets, built on first use."""
-        return build_site_data(self.task, self.view.data)
+        """The site's datasets, built once per process (a node answers many messages)."""
+        return _site_data(json.dumps(OmegaConf.to_container(self.task)), json.dumps(OmegaConf.to_container(self.view.data)))
 
     def model_from(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> nn.Module:
         """The federation's initial model with the received exchanged weights loaded.
@@ -184,6 +185,11 @@ class SiteRuntime:
         metrics["site-index"] = float(self.index)
         metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
+
+
+@lru_cache(maxsize=4)
+def _site_data(task_json: str, data_json: str) -> SiteData:
+    return build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
 
 
 def sorted_sites_index(cfg: DictConfig, site: str) -> int:

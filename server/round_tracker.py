@@ -54,6 +54,7 @@ class RoundTracker:
     latest_arrays: ArrayRecord | None = None
     _train: dict[str, dict[str, float]] = field(default_factory=dict)
     _eval: dict[str, float] = field(default_factory=dict)
+    _train_loss: float = float("nan")
     _eps_sample: dict[str, float] = field(default_factory=dict)
     _site_params_logged: set[str] = field(default_factory=set)
 
@@ -82,12 +83,8 @@ class RoundTracker:
                 self._site_params_logged.add(site)
         if params:
             self.sink.log_site_params(params)
-        return MetricRecord(
-            {
-                "train_loss": _weighted([(m["train-loss"], m["num-examples"]) for m in self._train.values()]),
-                "sites_trained": float(len(self._train)),
-            }
-        )
+        self._train_loss = _weighted([(m["train-loss"], m["num-examples"]) for m in self._train.values()])
+        return MetricRecord({"train_loss": self._train_loss, "sites_trained": float(len(self._train))})
 
     def aggregate_evaluate_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Example-weighted averages of every evaluation metric (NaN from one-class sites skipped)."""
@@ -106,9 +103,7 @@ class RoundTracker:
         if server_round == 0:  # called once before training starts
             return None
         row: dict[str, float] = {"round": float(server_round), **self._eval}
-        row.update(train_loss=float("nan"), sites_trained=float(len(self._train)))
-        if self._train:
-            row["train_loss"] = _weighted([(m["train-loss"], m["num-examples"]) for m in self._train.values()])
+        row.update(train_loss=self._train_loss if self._train else float("nan"), sites_trained=float(len(self._train)))
         for site, m in self._train.items():
             row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
             row[f"site.{site}.steps"] = float(m["steps"])
