@@ -40,10 +40,17 @@ def site_for_node(cfg: DictConfig, node_config: dict) -> str:
 def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
     """A ClientApp whose handlers compose the config with ``load_config(context)``."""
     app = ClientApp()
+    # One runtime per (config, site) per process: resolving a site's view of a federation of
+    # hundreds of sites costs ~0.3 s, and a simulation process serves many nodes and rounds.
+    runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}
 
     def runtime(context: Context) -> SiteRuntime:
         cfg = load_config(context)
-        return SiteRuntime(cfg, site_for_node(cfg, context.node_config))
+        node = context.node_config
+        key = (id(cfg), node["site"] if "site" in node else int(node["partition-id"]))
+        if key not in runtimes:
+            runtimes[key] = (cfg, SiteRuntime(cfg, site_for_node(cfg, node)))  # holding cfg keeps its id unique
+        return runtimes[key][1]
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -46,7 +46,15 @@ def site_view(cfg: DictConfig, name: str) -> DictConfig:
     sites = expand_sites(cfg.federation)
     if name not in sites:
         raise ConfigError(f"unknown site {name!r}; this federation has: {', '.join(sorted(sites))}")
-    site = sites[name]
+    return _view(cfg, name, sites[name])
+
+
+def site_views(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Every site's view (sites expanded once: a federation may have hundreds)."""
+    return {name: _view(cfg, name, site) for name, site in sorted(expand_sites(cfg.federation).items())}
+
+
+def _view(cfg: DictConfig, name: str, site: DictConfig) -> DictConfig:
     if site.get("name", name) != name:
         raise ConfigError(f"site file for {name!r} says name={site.name!r}; they must agree")
     state_dir = site.get("state_dir") or f"{cfg.state_root}/{name}"
@@ -75,11 +83,11 @@ def validate_config(cfg: DictConfig) -> None:
     fed = cfg.federation
     if fed.num_rounds < 1:
         raise ConfigError(f"federation.num_rounds must be >= 1, got {fed.num_rounds}")
-    names = site_names(cfg)
+    views = site_views(cfg)
+    names = list(views)
     if len(names) < 2:
         raise ConfigError(f"a federation needs at least 2 sites, got {len(names)}: {names}")
-    for name in names:
-        view = site_view(cfg, name)
+    for name, view in views.items():
         p, t, d = view.privacy, view.training, view.data
         where = f"site {name}"
         if p.target_epsilon <= 0:

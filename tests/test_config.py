@@ -60,12 +60,12 @@ def test_sites_differ_in_class_mix_and_scanner(tiny_config):
     assert len({v.seed for v in views}) == 3
 
 
-def test_many_sites_generates_fifty_distinct_sites(tiny_config):
+def test_many_sites_generates_two_hundred_distinct_sites(tiny_config):
     cfg = tiny_config("experiment=many_sites", small_sites=False)
     sites = expand_sites(cfg.federation)
-    assert len(sites) == 50
-    assert len({s.data.seed for s in sites.values()}) == 50
-    assert cfg.strategy.client_dp is not None and cfg.model._target_.endswith("build_small_cnn")
+    assert len(sites) == 200
+    assert len({s.data.seed for s in sites.values()}) == 200
+    assert cfg.strategy.client_dp is not None and cfg.strategy.name == "dp_fedavg"
     validate_config(cfg)
 
 
