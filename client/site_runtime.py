@@ -21,7 +21,7 @@ from client.evaluate import evaluate
 from client.train import dp_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
-from common.federation_config import site_names, site_view
+from common.federation_config import site_view
 from common.models import frozen_digest, initial_model, load_exchanged
 from common.privacy import SiteAccountant, calibrate_noise_multiplier
 
@@ -50,8 +50,8 @@ class SiteRuntime:
 
     def __init__(self, cfg: DictConfig, site: str) -> None:
         self.site = site
-        self.index = sorted_sites_index(cfg, site)
         self.view = site_view(cfg, site)
+        self.index = int(self.view.index)
         self.task = cfg.task
         self.model_cfg = cfg.model
         self.seed = int(cfg.seed)
@@ -191,10 +191,3 @@ class SiteRuntime:
 def _site_data(task_json: str, data_json: str) -> SiteData:
     return build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
 
-
-def sorted_sites_index(cfg: DictConfig, site: str) -> int:
-    """Position of ``site`` in the federation's fixed site order."""
-    names = site_names(cfg)
-    if site not in names:
-        raise ValueError(f"unknown site {site!r}; this federation has: {', '.join(names)}")
-    return names.index(site)

@@ -42,25 +42,28 @@ def expand_sites(federation: DictConfig) -> dict[str, DictConfig]:
 
 
 def site_view(cfg: DictConfig, name: str) -> DictConfig:
-    """The one config a site trains with: its data, merged privacy and training, state dir."""
+    """The one config a site trains with: its name, ``index`` in the fixed site order, data,
+    merged privacy and training, and state dir."""
     sites = expand_sites(cfg.federation)
     if name not in sites:
         raise ConfigError(f"unknown site {name!r}; this federation has: {', '.join(sorted(sites))}")
-    return _view(cfg, name, sites[name])
+    return _view(cfg, name, sites[name], index=sorted(sites).index(name))
 
 
 def site_views(cfg: DictConfig) -> dict[str, DictConfig]:
     """Every site's view (sites expanded once: a federation may have hundreds)."""
-    return {name: _view(cfg, name, site) for name, site in sorted(expand_sites(cfg.federation).items())}
+    ordered = sorted(expand_sites(cfg.federation).items())
+    return {name: _view(cfg, name, site, index=i) for i, (name, site) in enumerate(ordered)}
 
 
-def _view(cfg: DictConfig, name: str, site: DictConfig) -> DictConfig:
+def _view(cfg: DictConfig, name: str, site: DictConfig, *, index: int) -> DictConfig:
     if site.get("name", name) != name:
         raise ConfigError(f"site file for {name!r} says name={site.name!r}; they must agree")
     state_dir = site.get("state_dir") or f"{cfg.state_root}/{name}"
     return OmegaConf.create(
         {
             "name": name,
+            "index": index,
             "data": OmegaConf.to_container(site.data, resolve=True),
             "privacy": OmegaConf.to_container(OmegaConf.merge(cfg.privacy, site.get("privacy") or {}), resolve=True),
             "training": OmegaConf.to_container(

@@ -50,6 +50,7 @@ def test_site_overrides_global_privacy_and_training(tiny_config):
     assert b.privacy.target_epsilon == 3.0 and a.privacy.target_epsilon == cfg.privacy.target_epsilon
     assert b.training.local_epochs == 2 and a.training.local_epochs == 1
     assert b.state_dir.endswith("state/hospital_b")
+    assert [site_view(cfg, s).index for s in site_names(cfg)] == [0, 1, 2]
 
 
 def test_sites_differ_in_class_mix_and_scanner(tiny_config):
