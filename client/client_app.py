@@ -6,12 +6,15 @@ SuperNode (site chosen by ``--node-config 'site="hospital_a"'``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
+from client.secure_messages import fit_res_content, is_secure_fit, read_fit_ins, secure_aggregation_mod
+from client.secure_update import UpdateRejected, secure_update
 from client.site_runtime import SiteRuntime
 from common.federation_config import ConfigError, site_names
 from common.privacy import PrivacyBudgetExceeded
@@ -20,6 +23,8 @@ from common.run_config import config_from_run_config
 LEDGER_KEY = "privacy-ledger"
 # Error code a site uses to refuse a round that would exceed its privacy budget.
 BUDGET_REFUSED = 4001
+# Error code for an update that cannot be aggregated securely (NaN, outside the SecAgg+ range).
+UPDATE_REJECTED = 4002
 
 
 def site_for_node(cfg: DictConfig, node_config: dict) -> str:
@@ -37,9 +42,13 @@ def site_for_node(cfg: DictConfig, node_config: dict) -> str:
     return names[int(node_config["partition-id"])]
 
 
-def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
-    """A ClientApp whose handlers compose the config with ``load_config(context)``."""
-    app = ClientApp()
+def build_client_app(load_config: Callable[[Context], DictConfig], *, mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp whose handlers compose the config with ``load_config(context)``.
+
+    Training messages of SecAgg+ rounds go through Flower's ``secaggplus_mod`` first; extra
+    ``mods`` run inside it, next to the handlers.
+    """
+    app = ClientApp(mods=[secure_aggregation_mod, *mods])
     # One runtime per (config, site) per process: resolving a site's view of a federation of
     # hundreds of sites costs ~0.3 s, and a simulation process serves many nodes and rounds.
     runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}
@@ -55,11 +64,17 @@ def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = runtime(context)
-        config = msg.content["config"]
+        # SecAgg+ rounds arrive as legacy FitIns (the only format Flower's SecAgg+ speaks).
+        secure = is_secure_fit(msg.content)
+        if secure:
+            state, config = read_fit_ins(msg.content, site.exchanged_keys())
+        else:
+            state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
+
         try:
             outcome = site.train_round(
-                msg.content["arrays"].to_torch_state_dict(),
+                state,
                 server_round=int(config["server-round"]),
                 planned_rounds=int(config["num-rounds"]),
                 cached_ledger=cached,
@@ -68,10 +83,23 @@ def build_client_app(load_config: Callable[[Context], DictConfig]) -> ClientApp:
         except PrivacyBudgetExceeded as err:
             return Message(error=Error(code=BUDGET_REFUSED, reason=str(err)), reply_to=msg)
         context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
-        content = RecordDict(
-            {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
-        )
-        return Message(content=content, reply_to=msg)
+        if not secure:
+            content = RecordDict(
+                {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
+            )
+            return Message(content=content, reply_to=msg)
+        clip = float(config.get("update-clip-norm", 0.0))
+        try:
+            update, norm = secure_update(
+                outcome.state,
+                state,
+                clip_norm=clip if clip > 0 else None,
+                clipping_range=float(config["clipping-range"]),
+                site=site.site,
+            )
+        except UpdateRejected as err:
+            return Message(error=Error(code=UPDATE_REJECTED, reason=str(err)), reply_to=msg)
+        return Message(content=fit_res_content(update, {**outcome.metrics, "update-norm": norm}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

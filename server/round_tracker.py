@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,11 +60,9 @@ class RoundTracker:
 
     # -- Flower callbacks --------------------------------------------------------------
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
-        """Keep each site's privacy status; reject non-finite updates before they spread."""
-        self._train = {}
+        """Flower callback (plain aggregation): reject non-finite updates, then record the round."""
         for record in records:
-            metrics = _metrics_of(record)
-            site = self.sites[int(metrics["site-index"])]
+            site = self.sites[int(_metrics_of(record)["site-index"])]
             for array_record in record.array_records.values():
                 for key, array in array_record.items():
                     values = array.numpy()
@@ -73,7 +71,14 @@ class RoundTracker:
                             f"site {site} sent a non-finite update ({key} has NaN/inf); "
                             "stopping with the last good global model"
                         )
-            self._train[site] = dict(metrics)
+        return self.record_train([_metrics_of(r) for r in records])
+
+    def record_train(self, replies: list[Mapping[str, float]]) -> MetricRecord:
+        """Keep each aggregated site's training metrics and privacy status (both aggregation modes)."""
+        self._train = {}
+        for metrics in replies:
+            site = self.sites[int(metrics["site-index"])]
+            self._train[site] = {k: float(v) for k, v in metrics.items()}
             self._eps_sample[site] = float(metrics["eps-sample"])
         params = {}
         for site, m in self._train.items():
@@ -103,7 +108,12 @@ class RoundTracker:
         if server_round == 0:  # called once before training starts
             return None
         row: dict[str, float] = {"round": float(server_round), **self._eval}
-        row.update(train_loss=self._train_loss if self._train else float("nan"), sites_trained=float(len(self._train)))
+        # Every site whose update reached the aggregate (after dropouts and refusals).
+        row.update(
+            train_loss=self._train_loss if self._train else float("nan"),
+            sites_trained=float(len(self._train)),
+            sites_aggregated=float(len(self._train)),
+        )
         for site, m in self._train.items():
             row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
             row[f"site.{site}.steps"] = float(m["steps"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from common.run_config import config_from_run_config
 from server.mlflow_sink import MlflowSink
 from server.report import print_summary, progress_plot
 from server.round_tracker import FederationStopped, RoundTracker
-from server.strategy import build_strategy
+from server.secure_aggregation import run_secure_rounds
+from server.site_wait import wait_for_sites
+from server.strategy import build_secure_strategy, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +38,51 @@ class FederationReport:
     tracking_uri: str | None = None
 
 
-def run_federation(grid: Grid, cfg: DictConfig, *, sweep: str | None = None) -> FederationReport:
-    """Run ``cfg.federation.num_rounds`` rounds on ``grid`` and record everything in MLflow."""
+def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str | None = None) -> FederationReport:
+    """Run ``cfg.federation.num_rounds`` rounds on ``grid`` and record everything in MLflow.
+
+    ``cfg.aggregation`` picks the round loop: Flower's Message-API strategy (plain) or its
+    SecAgg+ workflow; both report to the same tracker, accountant and MLflow run.
+    """
     validate_config(cfg)
     sites = site_names(cfg)
     sink = MlflowSink(cfg, sweep=sweep)
     tracker = RoundTracker(sites=sites, metric=cfg.task.metric, sink=sink)
-    strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
     # Every site rebuilds the same seeded model; only its trained part travels.
     model = initial_model(cfg.model, cfg.seed)
     digest = frozen_digest(model)
-    initial = ArrayRecord(torch_state_dict=exchanged_state(model))
+    # Sites calibrate σ once for the planned number of rounds.
+    round_config = {"num-rounds": cfg.federation.num_rounds, "frozen-sha256": digest}
+    evaluate_config = ConfigRecord({"frozen-sha256": digest})
     report = FederationReport(run_id=sink.run_id, tracking_uri=sink.uri)
     status = RunStatus.to_string(RunStatus.FINISHED)
+    timeout = cfg.simulation.round_timeout_s
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=cfg.federation.num_rounds,
-            timeout=cfg.simulation.round_timeout_s,
-            # Sites calibrate σ once for the planned number of rounds.
-            train_config=ConfigRecord({"num-rounds": cfg.federation.num_rounds, "frozen-sha256": digest}),
-            evaluate_config=ConfigRecord({"frozen-sha256": digest}),
-            evaluate_fn=tracker.end_round,
-        )
+        wait_for_sites(grid, len(sites), timeout_s=timeout)
+        if cfg.aggregation.name == "secaggplus":
+            initial = OrderedDict((k, v.numpy()) for k, v in exchanged_state(model).items())
+            secure, tracker.client_epsilon = build_secure_strategy(
+                cfg, num_sites=len(sites), tracker=tracker, initial=initial, round_config=round_config
+            )
+            run_secure_rounds(
+                grid,
+                context,
+                strategy=secure,
+                num_rounds=cfg.federation.num_rounds,
+                evaluate_config=evaluate_config,
+                eval_timeout=timeout,
+            )
+        else:
+            strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(torch_state_dict=exchanged_state(model)),
+                num_rounds=cfg.federation.num_rounds,
+                timeout=timeout,
+                train_config=ConfigRecord(round_config),
+                evaluate_config=evaluate_config,
+                evaluate_fn=tracker.end_round,
+            )
     except (FederationStopped, PrivacyBudgetExhausted) as err:
         report.stop_reason = str(err)
         log.warning("federation stopped early: %s", err)
@@ -98,7 +122,7 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        report = run_federation(grid, load_config(context), sweep=sweep)
+        report = run_federation(grid, load_config(context), context=context, sweep=sweep)
         if on_finish is not None:
             on_finish(report)
 

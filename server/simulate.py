@@ -4,7 +4,8 @@ Examples
 --------
 privmed-simulate                                   # 3 hospitals, ResNet-18, sample-level DP
 privmed-simulate task=segmentation                 # UNet on CT-like slices
-privmed-simulate experiment=many_sites             # 50 sites, client-level DP-FedAvg
+privmed-simulate experiment=many_sites             # 200 sites, client-level DP-FedAvg
+privmed-simulate aggregation=secaggplus strategy=dp_fedavg   # SecAgg+: the coordinator sees only sums
 privmed-simulate -m privacy.noise_multiplier=0.8,1.0,1.2   # one MLflow child run each
 """
 
@@ -14,9 +15,11 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 
 import hydra
 import torch
+from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -42,8 +45,10 @@ def backend_config(cfg: DictConfig, num_sites: int) -> dict:
     }
 
 
-def simulate(cfg: DictConfig, *, sweep: str | None = None) -> FederationReport:
+def simulate(cfg: DictConfig, *, sweep: str | None = None, client_mods: Sequence[Mod] = ()) -> FederationReport:
     """Run one simulated federation for a composed config and return its report.
+
+    ``client_mods`` are extra Flower mods around every site's handlers (e.g. fault injection).
 
     Raises
     ------
@@ -59,7 +64,7 @@ def simulate(cfg: DictConfig, *, sweep: str | None = None) -> FederationReport:
     reports: list[FederationReport] = []
     run_simulation(
         server_app=build_server_app(lambda _ctx: resolved, sweep=sweep, on_finish=reports.append),
-        client_app=build_client_app(lambda _ctx: resolved),
+        client_app=build_client_app(lambda _ctx: resolved, mods=client_mods),
         num_supernodes=len(sites),
         backend_config=backend_config(resolved, len(sites)),
     )

@@ -8,8 +8,15 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from omegaconf import DictConfig
 
 from common.federation_config import adaptive_count_stddev
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from common.secagg_params import client_clip_norm, secagg_params
 from server.client_privacy import AccountedAdaptiveClipping, client_accountant
 from server.round_tracker import RoundTracker
+from server.secure_aggregation import SecureDpFedAvg
 
 STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive")
 
@@ -56,3 +63,36 @@ def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTr
             accountant=accountant,
         )
     return strategy, lambda: accountant.get_privacy_spent().epsilon
+
+
+def build_secure_strategy(
+    cfg: DictConfig,
+    *,
+    num_sites: int,
+    tracker: RoundTracker,
+    initial: OrderedDict[str, np.ndarray],
+    round_config: dict[str, Any],
+) -> tuple[SecureDpFedAvg, Callable[[], float] | None]:
+    """The SecAgg+ strategy for ``cfg.strategy`` (fedavg or dp_fedavg) and, with DP, cumulative ε.
+
+    Raises
+    ------
+    ConfigError
+        For strategies SecAgg+ cannot run (adaptive clipping) or invalid SecAgg+ parameters.
+    """
+    dp = cfg.strategy.client_dp
+    params = secagg_params(cfg.aggregation, num_sites=num_sites, client_clip_norm=client_clip_norm(cfg.strategy))
+    accountant = (
+        client_accountant(num_sites=num_sites, delta=dp.delta, max_epsilon=dp.max_epsilon) if dp is not None else None
+    )
+    strategy = SecureDpFedAvg(
+        keys=list(initial),
+        initial=initial,
+        round_config=round_config,
+        params=params,
+        num_sites=num_sites,
+        tracker=tracker,
+        client_dp=dp,
+        accountant=accountant,
+    )
+    return strategy, (lambda: accountant.get_privacy_spent().epsilon) if accountant is not None else None
