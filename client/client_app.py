@@ -42,13 +42,16 @@ def site_for_node(cfg: DictConfig, node_config: dict) -> str:
     return names[int(node_config["partition-id"])]
 
 
-def build_client_app(load_config: Callable[[Context], DictConfig], *, mods: Sequence[Mod] = ()) -> ClientApp:
+def build_client_app(
+    load_config: Callable[[Context], DictConfig], *, mods: Sequence[Mod] = (), outer_mods: Sequence[Mod] = ()
+) -> ClientApp:
     """A ClientApp whose handlers compose the config with ``load_config(context)``.
 
-    Training messages of SecAgg+ rounds go through Flower's ``secaggplus_mod`` first; extra
-    ``mods`` run inside it, next to the handlers.
+    Training messages of SecAgg+ rounds go through Flower's ``secaggplus_mod`` first. Extra
+    ``mods`` run inside it, next to the handlers (they see plain updates); ``outer_mods`` run
+    outside it (they see what leaves the site, e.g. masked vectors and key shares).
     """
-    app = ClientApp(mods=[secure_aggregation_mod, *mods])
+    app = ClientApp(mods=[*outer_mods, secure_aggregation_mod, *mods])
     # One runtime per (config, site) per process: resolving a site's view of a federation of
     # hundreds of sites costs ~0.3 s, and a simulation process serves many nodes and rounds.
     runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,8 +23,8 @@ from client.evaluate import evaluate
 from client.train import dp_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
-from common.federation_config import site_view
-from common.models import frozen_digest, initial_model, load_exchanged
+from common.federation_config import check_train_size, site_view
+from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.privacy import SiteAccountant, calibrate_noise_multiplier
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,19 @@ class SiteRuntime:
 
     @property
     def data(self) -> SiteData:
-        """The site's datasets, built once per process (a node answers many messages)."""
-        return _site_data(json.dumps(OmegaConf.to_container(self.task)), json.dumps(OmegaConf.to_container(self.view.data)))
+        """The site's datasets, built once per process (a node answers many messages).
+
+        Raises
+        ------
+        ConfigError
+            If δ or the batch size does not fit the number of training patients read.
+        """
+        data = _site_data(
+            self.site, json.dumps(OmegaConf.to_container(self.task)), json.dumps(OmegaConf.to_container(self.view.data))
+        )
+        # Real files: N is known only now; validate_config could check only configured sizes.
+        check_train_size(self.view, data.num_train_patients)
+        return data
 
     def model_from(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> nn.Module:
         """The federation's initial model with the received exchanged weights loaded.
@@ -86,6 +99,10 @@ class SiteRuntime:
             raise ValueError(f"site {self.site}: {err}") from err
         return model
 
+    def exchanged_keys(self) -> list[str]:
+        """Names of the exchanged tensors, in the order every node derives from the model config."""
+        return list(exchanged_state(initial_model(self.model_cfg, self.seed)))
+
     def load_ledger(self, cached: str | None) -> SiteAccountant:
         """The site's ledger from the node-state cache and/or its state dir."""
         p = self.view.privacy
@@ -95,7 +112,7 @@ class SiteRuntime:
 
     def steps_per_round(self) -> tuple[float, int]:
         """(Poisson sample rate q, optimizer steps per round) exactly as Opacus will run them."""
-        batches = math.ceil(self.view.data.num_train / self.view.training.batch_size)
+        batches = math.ceil(self.data.num_train_patients / self.view.training.batch_size)
         return 1.0 / batches, self.view.training.local_epochs * batches
 
     def noise_multiplier(self, ledger: SiteAccountant, *, planned_rounds: int) -> float:
@@ -142,8 +159,12 @@ class SiteRuntime:
         model = self.model_from(state, frozen_sha256)
         ledger = self.load_ledger(cached_ledger)
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        # Seeded per site and round: reproducible runs, yet different noise every step.
-        torch.manual_seed(self.seed * 1_000_003 + self.index * 1009 + server_round)
+        # Noise the coordinator could regenerate from the config would be no noise at all: seed
+        # from the OS unless the experiment explicitly asks for reproducible noise.
+        if self.view.privacy.reproducible_noise:
+            torch.manual_seed(self.seed * 1_000_003 + self.index * 1009 + server_round)
+        else:
+            torch.manual_seed(secrets.randbits(63))
         result = dp_train(
             model,
             self.data.train,
@@ -188,6 +209,10 @@ class SiteRuntime:
 
 
 @lru_cache(maxsize=4)
-def _site_data(task_json: str, data_json: str) -> SiteData:
-    return build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
+def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
+    data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
+    # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a
+    # site's operator must see what was read and how many bad files were skipped.
+    print(f"site {site}: {data.summary}", file=sys.stderr, flush=True)
+    return data
 

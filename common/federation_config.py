@@ -7,8 +7,13 @@ keys override the global ``privacy`` and ``training`` groups.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+
+AGGREGATIONS = ("plain", "secaggplus")
 
 
 class ConfigError(ValueError):
@@ -60,11 +65,21 @@ def _view(cfg: DictConfig, name: str, site: DictConfig, *, index: int) -> DictCo
     if site.get("name", name) != name:
         raise ConfigError(f"site file for {name!r} says name={site.name!r}; they must agree")
     state_dir = site.get("state_dir") or f"{cfg.state_root}/{name}"
+    # The task's reader defaults (format, classes, window, ...), then the site's own data keys.
+    data = OmegaConf.to_container(
+        OmegaConf.merge(
+            OmegaConf.to_container(cfg.task.get("data") or {}, resolve=True),
+            OmegaConf.to_container(site.data, resolve=True),
+        )
+    )
+    if data.get("root"):
+        # The default root is "<state_root>/../data": ".." must not depend on <state_root> existing.
+        data["root"] = os.path.normpath(str(data["root"]))
     return OmegaConf.create(
         {
             "name": name,
             "index": index,
-            "data": OmegaConf.to_container(site.data, resolve=True),
+            "data": data,
             "privacy": OmegaConf.to_container(OmegaConf.merge(cfg.privacy, site.get("privacy") or {}), resolve=True),
             "training": OmegaConf.to_container(
                 OmegaConf.merge(cfg.training, site.get("training") or {}), resolve=True
@@ -79,6 +94,20 @@ def adaptive_count_stddev(client_dp: DictConfig, num_sites: int) -> float:
     if client_dp.clipped_count_stddev is not None:
         return float(client_dp.clipped_count_stddev)
     return max(num_sites / 20, float(client_dp.noise_multiplier))
+
+
+def check_train_size(view: DictConfig, num_train: int) -> None:
+    """Raise :class:`ConfigError` if a site's δ or batch size does not fit its ``num_train`` patients."""
+    p, t, where = view.privacy, view.training, f"site {view.name}"
+    if num_train < 1:
+        raise ConfigError(f"{where}: no training patients")
+    if p.delta >= 1.0 / num_train:
+        raise ConfigError(
+            f"{where}: privacy.delta={p.delta:g} must be below 1/num_train={1 / num_train:.2g}, "
+            "else one patient's data could leak outright"
+        )
+    if not 1 <= t.batch_size <= num_train:
+        raise ConfigError(f"{where}: training.batch_size must be in [1, num_train={num_train}], got {t.batch_size}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -97,19 +126,13 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{where}: privacy.target_epsilon must be > 0, got {p.target_epsilon}")
         if not 0 < p.delta < 1:
             raise ConfigError(f"{where}: privacy.delta must be in (0, 1), got {p.delta}")
-        if p.delta >= 1.0 / d.num_train:
-            raise ConfigError(
-                f"{where}: privacy.delta={p.delta:g} must be below 1/num_train={1 / d.num_train:.2g}, "
-                "else one patient's data could leak outright"
-            )
+        # Real files: N is known only once they are read (checked there, by the site runtime).
+        if d.format == "synthetic" or d.get("synthesize"):
+            check_train_size(view, d.num_train)
         if p.max_grad_norm <= 0:
             raise ConfigError(f"{where}: privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
         if p.noise_multiplier is not None and p.noise_multiplier <= 0:
             raise ConfigError(f"{where}: privacy.noise_multiplier must be > 0 or null, got {p.noise_multiplier}")
-        if not 1 <= t.batch_size <= d.num_train:
-            raise ConfigError(
-                f"{where}: training.batch_size must be in [1, num_train={d.num_train}], got {t.batch_size}"
-            )
         if t.max_physical_batch_size < 1 or t.local_epochs < 1:
             raise ConfigError(f"{where}: training.max_physical_batch_size and local_epochs must be >= 1")
     strategy = cfg.strategy
@@ -135,3 +158,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"strategy.client_dp.delta={strategy.client_dp.delta:g} must be in (0, 1/sites={1 / len(names):.2g})"
             )
+    aggregation = cfg.get("aggregation")
+    if aggregation is not None and aggregation.name not in AGGREGATIONS:
+        raise ConfigError(f"aggregation={aggregation.name!r} is unknown; valid: {', '.join(AGGREGATIONS)}")
+    if aggregation is not None and aggregation.name == "secaggplus":
+        from common.secagg_params import client_clip_norm, secagg_params  # imports this module
+
+        secagg_params(aggregation, num_sites=len(names), client_clip_norm=client_clip_norm(strategy))

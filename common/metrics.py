@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
-from sklearn.metrics import roc_auc_score
+
+# smp and scikit-learn are imported where used: a deployed ClientApp starts a fresh process for
+# every message, and these imports cost seconds each time for a task that may not need them.
 
 
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC of ``scores`` for binary ``labels``; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     if len(np.unique(labels)) < 2:
         return float("nan")
     return float(roc_auc_score(labels, scores))
@@ -24,6 +27,8 @@ def dice_stats(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         ``[3, C]`` int64: rows tp, fp, fn. Summing these over batches (and sites) gives
         dataset-level Dice without keeping predictions around.
     """
+    import segmentation_models_pytorch as smp
+
     num_classes = logits.shape[1]
     tp, fp, fn, _ = smp.metrics.get_stats(
         logits.argmax(dim=1), masks.long(), mode="multiclass", num_classes=num_classes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -95,7 +96,8 @@ class MlflowSink:
 
     def log_round(self, server_round: int, metrics: dict[str, float]) -> None:
         """Metrics of one round, with ``step`` = server round."""
-        items = [Metric(k, float(v), 0, server_round) for k, v in metrics.items()]
+        now_ms = int(time.time() * 1000)  # wall-clock time: MLflow's time axis and round durations
+        items = [Metric(k, float(v), now_ms, server_round) for k, v in metrics.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
 

@@ -45,10 +45,17 @@ def backend_config(cfg: DictConfig, num_sites: int) -> dict:
     }
 
 
-def simulate(cfg: DictConfig, *, sweep: str | None = None, client_mods: Sequence[Mod] = ()) -> FederationReport:
+def simulate(
+    cfg: DictConfig,
+    *,
+    sweep: str | None = None,
+    client_mods: Sequence[Mod] = (),
+    client_outer_mods: Sequence[Mod] = (),
+) -> FederationReport:
     """Run one simulated federation for a composed config and return its report.
 
-    ``client_mods`` are extra Flower mods around every site's handlers (e.g. fault injection).
+    ``client_mods`` / ``client_outer_mods`` are extra Flower mods inside / outside SecAgg+
+    masking at every site (see :func:`client.client_app.build_client_app`).
 
     Raises
     ------
@@ -64,7 +71,7 @@ def simulate(cfg: DictConfig, *, sweep: str | None = None, client_mods: Sequence
     reports: list[FederationReport] = []
     run_simulation(
         server_app=build_server_app(lambda _ctx: resolved, sweep=sweep, on_finish=reports.append),
-        client_app=build_client_app(lambda _ctx: resolved, mods=client_mods),
+        client_app=build_client_app(lambda _ctx: resolved, mods=client_mods, outer_mods=client_outer_mods),
         num_supernodes=len(sites),
         backend_config=backend_config(resolved, len(sites)),
     )

@@ -31,6 +31,8 @@ def tiny_config(tmp_path) -> Callable[..., DictConfig]:
             "training.max_physical_batch_size=16",
             "simulation.show_progress=false",
             "device=cpu",
+            # Tests compare runs; production noise is seeded from the OS (tested in test_site_runtime).
+            "privacy.reproducible_noise=true",
             *(TINY_SITES if small_sites else []),
         ]
         return compose_config([*base, *overrides])

@@ -1,5 +1,7 @@
-"""Site datasets: synthetic generators now, real readers later, one ``SiteData`` interface."""
+"""Site datasets: real readers (Kermany, DICOM, MedMNIST, MSD, BraTS) and synthetic data, one ``SiteData``."""
 
+from common.data.errors import DataError
+from common.data.patients import PatientDataset
 from common.data.site_data import SiteData, build_site_data
 
-__all__ = ["SiteData", "build_site_data"]
+__all__ = ["DataError", "PatientDataset", "SiteData", "build_site_data"]

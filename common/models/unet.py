@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import segmentation_models_pytorch as smp
 from torch import nn
 
 
@@ -28,6 +27,8 @@ def build_unet(
     decoder_channels : Sequence[int]
         One width per decoder stage (five stages).
     """
+    import segmentation_models_pytorch as smp  # only UNet tasks pay for importing smp (and timm)
+
     return smp.Unet(
         encoder_name=encoder_name,
         encoder_weights=None,
