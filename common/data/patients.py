@@ -3,7 +3,7 @@
 DP-SGD clips and accounts per item. If items were images, a patient with many images or
 slices would enter a step several times and be protected less than the accountant says.
 Here item ``i`` is *one* image of patient ``i``, drawn at random from that patient's own
-images with torch's global RNG (seeded per site and round by the site runtime). Under
+images with torch's global RNG (seeded each round by the site runtime). Under
 Poisson sampling each sampled patient then contributes exactly one per-sample-clipped
 gradient per step, so q = batch_size / number of patients is the patient's sampling rate.
 """
