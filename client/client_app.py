@@ -70,7 +70,7 @@ def build_client_app(
         # SecAgg+ rounds arrive as legacy FitIns (the only format Flower's SecAgg+ speaks).
         secure = is_secure_fit(msg.content)
         if secure:
-            state, config = read_fit_ins(msg.content, site.exchanged_keys())
+            state, config = read_fit_ins(msg.content, site.exchanged_keys)
         else:
             state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None

@@ -13,7 +13,7 @@ import math
 import secrets
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -99,6 +99,7 @@ class SiteRuntime:
             raise ValueError(f"site {self.site}: {err}") from err
         return model
 
+    @cached_property
     def exchanged_keys(self) -> list[str]:
         """Names of the exchanged tensors, in the order every node derives from the model config."""
         return list(exchanged_state(initial_model(self.model_cfg, self.seed)))

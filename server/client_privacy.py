@@ -34,6 +34,22 @@ def client_accountant(*, num_sites: int, delta: float, max_epsilon: float) -> Rd
     )
 
 
+def round_release(accountant: RdpAccountant, noise_multiplier: float) -> GaussianPrivacyEvent:
+    """One round's release: a Gaussian(z) mechanism over every site (no sampling amplification)."""
+    n = accountant.config.population_size
+    return GaussianPrivacyEvent(noise_multiplier=noise_multiplier, sample_size=n, population_size=n)
+
+
+def refuse_if_exhausted(accountant: RdpAccountant, event: GaussianPrivacyEvent) -> None:
+    """Raise :class:`PrivacyBudgetExhausted` if ``event`` would push ε past the accountant's max."""
+    if accountant.would_exceed(event):
+        spent = accountant.get_privacy_spent()
+        raise PrivacyBudgetExhausted(
+            f"the next round would exceed client-level max_epsilon "
+            f"(current epsilon: {spent.epsilon:.3f}, delta: {spent.delta:g})"
+        )
+
+
 class AccountedAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's server-side adaptive clipping, plus the accounting Flower only has for fixed clipping.
 
@@ -50,20 +66,11 @@ class AccountedAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
         self.total_noise_multiplier = total_noise_multiplier
         self.accountant = accountant
 
-    def _event(self) -> GaussianPrivacyEvent:
-        n = self.accountant.config.population_size
-        return GaussianPrivacyEvent(noise_multiplier=self.total_noise_multiplier, sample_size=n, population_size=n)
-
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Step 1: stop before the release that would break the budget."""
-        if self.accountant.would_exceed(self._event()):
-            spent = self.accountant.get_privacy_spent()
-            raise PrivacyBudgetExhausted(
-                f"the next round would exceed client-level max_epsilon "
-                f"(current epsilon: {spent.epsilon:.3f}, delta: {spent.delta:g})"
-            )
+        refuse_if_exhausted(self.accountant, round_release(self.accountant, self.total_noise_multiplier))
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -72,5 +79,5 @@ class AccountedAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
         """Step 2: account exactly the rounds whose noisy aggregate was released."""
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None:
-            self.accountant.compose(self._event())
+            self.accountant.compose(round_release(self.accountant, self.total_noise_multiplier))
         return arrays, metrics

@@ -36,10 +36,10 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.serverapp import GaussianPrivacyEvent, Grid, RdpAccountant
-from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig
 
 from common.secagg_params import SecAggParams
+from server.client_privacy import refuse_if_exhausted, round_release
 from server.round_tracker import FederationStopped, RoundTracker
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,9 @@ class SecureDpFedAvg(Strategy):
 
     Parameters
     ----------
-    keys : list of str
-        Names of the exchanged tensors, in the order they travel as legacy ``Parameters``.
     initial : OrderedDict of str to ndarray
-        The initial global (exchanged) weights.
+        The initial global (exchanged) weights; their order is the order they travel in as
+        legacy ``Parameters``.
     round_config : dict
         Sent to every site with each round (``num-rounds``, ``frozen-sha256``).
     params : SecAggParams
@@ -71,7 +70,6 @@ class SecureDpFedAvg(Strategy):
     def __init__(
         self,
         *,
-        keys: list[str],
         initial: OrderedDict[str, np.ndarray],
         round_config: dict[str, Any],
         params: SecAggParams,
@@ -83,7 +81,6 @@ class SecureDpFedAvg(Strategy):
         super().__init__()
         if (client_dp is None) != (accountant is None):
             raise ValueError("client-level DP needs an accountant, and an accountant needs client-level DP")
-        self.keys = keys
         self.global_weights = OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in initial.items())
         self.round_config = dict(round_config)
         self.params = params
@@ -100,9 +97,8 @@ class SecureDpFedAvg(Strategy):
         """The current global exchanged weights as a named ArrayRecord."""
         return ArrayRecord(torch_state_dict=OrderedDict((k, torch.from_numpy(v.copy())) for k, v in self.global_weights.items()))
 
-    def _event(self) -> GaussianPrivacyEvent:
-        n = self.num_sites
-        return GaussianPrivacyEvent(noise_multiplier=float(self.client_dp.noise_multiplier), sample_size=n, population_size=n)
+    def _release(self) -> GaussianPrivacyEvent:
+        return round_release(self.accountant, float(self.client_dp.noise_multiplier))
 
     # -- legacy Strategy interface ---------------------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -112,12 +108,8 @@ class SecureDpFedAvg(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Step 1: budget check, bounded wait for all sites, the round's instructions."""
-        if self.accountant is not None and self.accountant.would_exceed(self._event()):
-            spent = self.accountant.get_privacy_spent()
-            raise PrivacyBudgetExhausted(
-                f"the next round would exceed client-level max_epsilon "
-                f"(current epsilon: {spent.epsilon:.3f}, delta: {spent.delta:g})"
-            )
+        if self.accountant is not None:
+            refuse_if_exhausted(self.accountant, self._release())
         if not client_manager.wait_for(self.num_sites, timeout=int(self.params.timeout_s)):
             raise FederationStopped(
                 f"round {server_round}: only {client_manager.num_available()} of {self.num_sites} sites connected "
@@ -147,7 +139,7 @@ class SecureDpFedAvg(Strategy):
         # Flower's workflow hands every result the same unmasked mean of the live sites' Δ.
         mean_update = parameters_to_ndarrays(results[0][1].parameters)
         m = len(results)
-        for key, value in zip(self.keys, mean_update, strict=True):
+        for key, value in zip(self.global_weights, mean_update, strict=True):
             if not np.isfinite(value).all():
                 raise FederationStopped(
                     f"round {server_round}: the securely aggregated update of {key} is not finite; "
@@ -157,7 +149,7 @@ class SecureDpFedAvg(Strategy):
             # Std z·C on the sum of clipped updates, i.e. z·C/m on the mean of the m sites aggregated.
             std = float(self.client_dp.noise_multiplier) * float(self.client_dp.clipping_norm) / m
             mean_update = [u + self._rng.normal(0.0, std, size=u.shape) for u in mean_update]
-            self.accountant.compose(self._event())
+            self.accountant.compose(self._release())
         self.global_weights = OrderedDict(
             (k, (w.astype(np.float64) + u).astype(np.float32))
             for (k, w), u in zip(self.global_weights.items(), mean_update, strict=True)

@@ -86,7 +86,6 @@ def build_secure_strategy(
         client_accountant(num_sites=num_sites, delta=dp.delta, max_epsilon=dp.max_epsilon) if dp is not None else None
     )
     strategy = SecureDpFedAvg(
-        keys=list(initial),
         initial=initial,
         round_config=round_config,
         params=params,

@@ -114,7 +114,6 @@ def test_noise_is_calibrated_to_the_sites_actually_aggregated(survivors):
     d, z, c = 200_000, 1.3, 0.5
     dp = OmegaConf.create({"noise_multiplier": z, "clipping_norm": c, "delta": 1e-3, "max_epsilon": 100.0})
     strategy = SecureDpFedAvg(
-        keys=["w"],
         initial=OrderedDict(w=np.zeros(d, dtype=np.float32)),
         round_config={},
         params=secagg_params(_agg(), num_sites=5, client_clip_norm=c),
