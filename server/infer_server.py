@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="port (default: server.port of the config; 0 picks a free one)")
     parser.add_argument("--config", help=f"inference config (default {DEFAULT_CONFIG})")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
         he_cfg = load_he_config(args.config)
         host = args.host or str(he_cfg.server.host)

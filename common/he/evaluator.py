@@ -25,6 +25,9 @@ def evaluate_encrypted(plan: HEPlan, context: ts.Context, ciphertext: bytes) -> 
     4. Multiply by the mask ``[1, 0, 0, ...]``: only the logit's slot survives, so the clinic
        learns the prediction and nothing else the computation touched.
 
+    The multiplications are ``HE_SCHEDULE`` in ``common/he/plan.py``, which the clinic replays
+    to check the reply's scale: change one, change the other.
+
     Raises
     ------
     CiphertextError

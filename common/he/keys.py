@@ -16,6 +16,7 @@ import tenseal as ts
 from tenseal import sealapi
 
 from common.he.params import CKKSParams
+from common.he.plan import HE_SCHEDULE
 
 
 class IntegrityError(ValueError):
@@ -34,12 +35,15 @@ def key_id(public_context: bytes) -> str:
 class ClinicKeys:
     """A clinic's key set for one session of encrypted predictions.
 
-    1. Generate a private CKKS context (secret, public, relinearisation, Galois keys).
-    2. :meth:`public_context`: the evaluation keys for the server, without the secret key.
+    1. Generate a private CKKS context (secret, public and relinearisation keys).
+    2. :meth:`public_context`: the evaluation keys for the server (Galois keys generated on
+       first use: encrypting and decrypting do not need them), without the secret key.
     3. :meth:`encrypt_image`: im2col-encode one preprocessed image and encrypt it.
-    4. :meth:`decrypt_logit`: decrypt a reply and check it before trusting it: every slot except
-       the logit's must decrypt to about zero (the server masks them). A reply decrypted under
-       another secret key, or altered on the way, decrypts to large values in every slot.
+    4. :meth:`decrypt_logit`: decrypt a reply and check it before trusting it. Its scale and
+       level must be exactly those the evaluation's multiplications produce (replayed on a
+       probe), and every slot except the logit's must decrypt to about zero (the server masks
+       them). A reply decrypted under another secret key, or altered on the way, decrypts to
+       large values in every slot; an altered scale field is caught by the first check.
 
     Parameters
     ----------
@@ -57,10 +61,13 @@ class ClinicKeys:
         self._context = params.new_context(n_threads=n_threads)
         self._public: bytes | None = None
         self._seal: tuple[sealapi.SEALContext, sealapi.CKKSEncoder] | None = None
+        self._honest: tuple[float, int] | None = None
 
     def public_context(self) -> bytes:
         """Serialised public context: public, relinearisation and Galois keys; no secret key."""
         if self._public is None:
+            if not self._context.has_galois_keys():
+                self._context.generate_galois_keys()
             self._public = self._context.serialize(
                 save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True
             )
@@ -102,6 +109,13 @@ class ClinicKeys:
             raise CiphertextError(f"the server's reply is not a ciphertext for this key set ({err})") from err
         if vector.size() != 1 or len(vector.ciphertext()) != 1:
             raise IntegrityError(f"the reply holds {vector.size()} values, expected one logit")
+        found = (vector.ciphertext()[0].scale, vector.ciphertext()[0].coeff_modulus_size())
+        if found != self._honest_scale_and_level():
+            raise IntegrityError(
+                f"the reply has scale {found[0]:.6g} at {found[1]} primes, an honest evaluation gives "
+                f"{self._honest_scale_and_level()[0]:.6g} at {self._honest_scale_and_level()[1]}: altered in transit "
+                "or not computed by privmed's evaluator"
+            )
         slots = self._decode_all_slots(vector)
         logit, rest = slots[0].real, np.concatenate([[slots[0].imag], slots[1:].real, slots[1:].imag])
         worst = float(np.max(np.abs(rest)))
@@ -112,6 +126,15 @@ class ClinicKeys:
                 f"the logit exceeded ±{self.params.max_abs_result:g}"
             )
         return float(logit)
+
+    def _honest_scale_and_level(self) -> tuple[float, int]:
+        """Replay the evaluation's multiplications (``HE_SCHEDULE``) on a probe: scale and primes left."""
+        if self._honest is None:
+            probe = ts.ckks_vector(self._context, [1.0])
+            for step in HE_SCHEDULE:
+                probe = probe.square() if step == "square" else probe.mul([1.0])
+            self._honest = (probe.ciphertext()[0].scale, probe.ciphertext()[0].coeff_modulus_size())
+        return self._honest
 
     def _decode_all_slots(self, vector: ts.CKKSVector) -> np.ndarray:
         """Every slot of the reply, real and imaginary parts.

@@ -142,7 +142,7 @@ class CKKSParams:
             )
 
     def new_context(self, *, n_threads: int | None = None) -> ts.Context:
-        """A fresh private context: secret, public, relinearisation and Galois (rotation) keys."""
+        """A fresh private context: secret, public and relinearisation keys (Galois keys on demand)."""
         context = ts.context(
             ts.SCHEME_TYPE.CKKS,
             poly_modulus_degree=self.poly_modulus_degree,
@@ -150,7 +150,6 @@ class CKKSParams:
             n_threads=n_threads,
         )
         context.global_scale = 2.0**self.scale_bits
-        context.generate_galois_keys()
         return context
 
 

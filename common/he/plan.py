@@ -17,9 +17,12 @@ from torch import nn
 
 from common.models.he_cnn import Square, conv_output_side
 
-# Multiplicative levels of one encrypted evaluation: convolution (plaintext kernel), square,
-# head (plaintext weights), and the mask that keeps only the logit's slot.
-HE_DEPTH = 4
+# The multiplications of one encrypted evaluation, in order: convolution (by the plaintext
+# kernel), square (ciphertext by ciphertext), head (by plaintext weights), the mask that keeps
+# only the logit's slot (by a plaintext). Each uses one level; the clinic replays this schedule
+# on a probe to know the exact scale and level an honest reply has (common/he/keys.py).
+HE_SCHEDULE = ("plain", "square", "plain", "plain")
+HE_DEPTH = len(HE_SCHEDULE)
 # Modules that may follow the square: all linear (or identity at inference).
 _LINEAR_TAIL = (nn.AvgPool2d, nn.Flatten, nn.Linear, nn.Identity, nn.Dropout)
 

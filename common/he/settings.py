@@ -6,9 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.run_config import CONF_DIR
-
-DEFAULT_CONFIG = Path(CONF_DIR) / "inference" / "he.yaml"
+# conf/ beside common/ (common.run_config has the same path but imports Flower, which inference never needs).
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "inference" / "he.yaml"
 SECTIONS = ("ckks", "server", "client")
 
 
