@@ -77,8 +77,8 @@ class InferenceService:
         self.max_key_sets, self.threads = int(max_key_sets), int(threads)
         self._key_sets: OrderedDict[str, ts.Context] = OrderedDict()
         self._lock = threading.Lock()
-        # Encrypted evaluations are CPU-bound and use all TenSEAL threads: one at a time.
-        self._evaluating = threading.Lock()
+        # Key loading and encrypted evaluation are CPU-bound and use all TenSEAL threads: one at a time.
+        self._heavy = threading.Lock()
 
     def register_keys(self, public_context: bytes) -> str:
         """Check and keep a clinic's key set; return its id (SHA-256 of the bytes).
@@ -97,7 +97,8 @@ class InferenceService:
                 self._key_sets.move_to_end(name)
                 return name
         try:
-            context = ts.context_from(public_context, n_threads=self.threads)
+            with self._heavy:  # deserialising ~70 MB of keys is CPU- and memory-heavy too
+                context = ts.context_from(public_context, n_threads=self.threads)
         except (RuntimeError, ValueError, TypeError) as err:
             raise KeySetError(f"not a serialised TenSEAL context ({err})") from err
         if context.has_secret_key() or context.is_private():
@@ -139,7 +140,7 @@ class InferenceService:
             if context is None:
                 raise UnknownKeySetError(f"no key set {name[:12]}… here: upload the public context to /v1/keys first")
             self._key_sets.move_to_end(name)
-        with self._evaluating:
+        with self._heavy:
             start = time.perf_counter()
             reply = evaluate_encrypted(self.plan, context, ciphertext)
             return reply, time.perf_counter() - start

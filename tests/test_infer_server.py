@@ -85,12 +85,16 @@ def one_reply(session, trained):
     return image, ciphertext, reply
 
 
-def test_encrypted_prediction_matches_plaintext_on_site_jpegs(session, trained, one_reply):
+def test_encrypted_prediction_matches_plaintext_on_site_jpegs(server, session, trained, one_reply):
     model, _, files = trained
     image = session.read_image(files["PNEUMONIA"][0])
     result = session.predict(image)
     # One ciphertext up (~0.4 MB), one down; the keys went once, before.
     assert 100_000 < result.sent_bytes < 1_000_000 and 0 < result.received_bytes < 500_000
+    # A server that dropped the key set (restart, or more clinics than max_key_sets) gets it again.
+    server.service._key_sets.clear()
+    again = session.predict(image)
+    assert again.sent_bytes > session.key_bytes and again.logit == pytest.approx(result.logit, abs=1e-2)
     normal = (one_reply[0], session.keys.decrypt_logit(one_reply[2]))
     for image, encrypted_logit in ((image, result.logit), normal):
         with torch.no_grad():
