@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 
 AGGREGATIONS = ("plain", "secaggplus")
+# training.grad_sample_mode values (client/private_training.py; kept here so config checks need no torch).
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")
 
 
 class ConfigError(ValueError):
@@ -135,6 +137,12 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{where}: privacy.noise_multiplier must be > 0 or null, got {p.noise_multiplier}")
         if t.max_physical_batch_size < 1 or t.local_epochs < 1:
             raise ConfigError(f"{where}: training.max_physical_batch_size and local_epochs must be >= 1")
+        if t.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"{where}: training.grad_sample_mode={t.grad_sample_mode!r} is unknown; valid: {', '.join(GRAD_SAMPLE_MODES)}"
+            )
+        if t.grad_sample_chunk_mib <= 0:
+            raise ConfigError(f"{where}: training.grad_sample_chunk_mib must be > 0, got {t.grad_sample_chunk_mib}")
     strategy = cfg.strategy
     if strategy.client_dp is not None:
         if strategy.fraction_train != 1.0:
