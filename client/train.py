@@ -1,4 +1,5 @@
-"""Local DP-SGD training of one site for one federated round (pure torch + Opacus).
+"""Local training of one site for one federated round (pure torch + Opacus): DP-SGD, and its
+non-private reference for ``privacy=none``.
 
 Read top to bottom: build the Poisson-sampled private loader, check the budget, train
 with per-sample clipping and noise, hand the accountant's history back to the ledger.
@@ -132,4 +133,50 @@ def dp_train(
         mean_loss=float(sum(losses) / max(len(losses), 1)),
         steps=steps,
         epsilon=ledger.epsilon(),
+    )
+
+
+def plain_train(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    task: str,
+    training: DictConfig,
+    device: torch.device,
+    class_weights: list[float] | None = None,
+    show_progress: bool = False,
+    site: str = "",
+) -> LocalTrainResult:
+    """The non-private reference (``privacy=none``): :func:`dp_train` without Opacus.
+
+    Same optimizer, epochs and number of steps (``⌈N / batch_size⌉`` per epoch), shuffled batches
+    of ``training.batch_size`` patients instead of Poisson ones, the mean gradient without
+    clipping or noise, physical micro-batches of ``max_physical_batch_size``. ``epsilon`` is inf.
+    """
+    # 1. Shuffled batches: each epoch sees every patient once, as DP-SGD does in expectation.
+    loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=True)
+    model = model.to(device).train()
+    optimizer = instantiate(training.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
+    steps = training.local_epochs * len(loader)
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc=f"{site} non-private", disable=not show_progress, leave=False)
+    for _ in range(training.local_epochs):
+        for images, targets in loader:
+            # 2. The batch's mean gradient, accumulated over physical micro-batches.
+            optimizer.zero_grad(set_to_none=True)
+            for chunk in range(0, len(targets), training.max_physical_batch_size):
+                part = slice(chunk, chunk + training.max_physical_batch_size)
+                x, y = images[part].to(device), targets[part].to(device)
+                loss = task_loss(task, model(x), y, class_weights=class_weights)
+                (loss.sum() / len(targets)).backward()
+                losses.append(float(loss.detach().mean()))
+            optimizer.step()
+            bar.update(1)
+    bar.close()
+    return LocalTrainResult(
+        state=exchanged_state(model),
+        num_examples=len(dataset),
+        mean_loss=float(sum(losses) / max(len(losses), 1)),
+        steps=steps,
+        epsilon=float("inf"),
     )

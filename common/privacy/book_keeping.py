@@ -67,6 +67,7 @@ class BookKeepingClipper:
         self.chunk_bytes = int(chunk_bytes)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._records: list[_Record] = []
+        self._capturing = True
         self._handles = [
             module.register_forward_hook(self._capture)
             for module in model.modules()
@@ -76,7 +77,7 @@ class BookKeepingClipper:
 
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         # 1. Keep what step 5 needs; only training passes with autograd on are clipped.
-        if not (module.training and torch.is_grad_enabled()):
+        if not (self._capturing and module.training and torch.is_grad_enabled()):
             return
         if any(r.module is module for r in self._records):
             raise ValueError(
@@ -104,7 +105,19 @@ class BookKeepingClipper:
                 sq += per_sample_sq_norms(record.module, record.activation, b, chunk_bytes=self.chunk_bytes)
         self.last_norms = sq.sqrt()
         coef = (self.max_grad_norm / (self.last_norms + _OPACUS_CLIP_EPS)).clamp(max=1.0)
-        # 5. The clipped sum per layer, as an ordinary weight gradient of the re-weighted output.
+        # 5. The clipped sum per layer, as an ordinary weight gradient of the re-weighted output
+        #    (a layer's forward recomputed here is not a new training pass: not captured).
+        self._capturing = False
+        try:
+            self._write_clipped_sums(records, backprops, coef)
+        finally:
+            self._capturing = True
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    @staticmethod
+    def _write_clipped_sums(records: list[_Record], backprops: tuple, coef: torch.Tensor) -> None:
         for record, b in zip(records, backprops):
             params = [p for p in record.module.parameters(recurse=False) if p.requires_grad]
             if b is None:
@@ -114,9 +127,6 @@ class BookKeepingClipper:
                 grads = _weighted_grads(record.module, record.activation, scaled, params)
             for p, g in zip(params, grads):
                 p.grad = g if p.grad is None else p.grad + g
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
 
     def close(self) -> None:
         """Remove the hooks."""
