@@ -1,9 +1,10 @@
 """DP-SGD step cost vs a non-private step, for ResNet-18 and the UNet, on the same inputs.
 
-Each measurement runs in a fresh process so peak memory is its own (CUDA: max allocated;
-CPU: peak RSS over all steps above the RSS before the first, i.e. the steps' working set).
-Reported as ratios to the non-private step of the same model, size and trainable set,
-measured in this run. The DP step is the training path's: ``client.private_training``
+Peak memory is measured in a fresh process per variant (CUDA: max allocated; CPU: peak RSS
+above the RSS before the first step, i.e. the steps' working set). Time: the non-private step
+and every DP mode run interleaved in one process, each keeping its fastest step, so a loaded
+machine slows them alike. Reported as ratios to the non-private step of the same model, size
+and trainable set, measured in this run. The DP step is the training path's: ``client.private_training``
 (``--mode``, default ``auto``), one logical batch in one physical batch, clipping and noise.
 
     python bench/dp_step.py                       # all-weights cases at 128/224 px (ResNet-18), 128/256 px (UNet)
@@ -70,7 +71,8 @@ def _reset_peak_rss() -> int:
     return _proc_status_kib("VmRSS")
 
 
-def _measure(case: Case, mode: str | None, steps: int, batch: int, device: str, chunk_mib: float, out: mp.Queue) -> None:
+def _step_fn(case: Case, mode: str | None, batch: int, device: str, chunk_mib: float):
+    """A closure running one training step of ``case`` (``mode=None``: non-private), and its device."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -100,46 +102,73 @@ def _measure(case: Case, mode: str | None, steps: int, batch: int, device: str, 
             task_loss(task, model(x), y, class_weights=weights).mean().backward()
             opt.step()
 
-    else:
-        loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch)  # sets q and the expected batch
-        private = make_private(
-            PrivacyEngine(accountant="rdp"), model=model, optimizer=opt, loader=loader, noise_multiplier=1.0,
-            max_grad_norm=1.0, mode=mode, chunk_mib=chunk_mib,
-        )
+        return step, dev
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=batch)  # sets q and the expected batch
+    private = make_private(
+        PrivacyEngine(accountant="rdp"), model=model, optimizer=opt, loader=loader, noise_multiplier=1.0,
+        max_grad_norm=1.0, mode=mode, chunk_mib=chunk_mib,
+    )
 
-        def step() -> None:
-            private.optimizer.zero_grad(set_to_none=True)
-            private.backward(task_loss(task, private.model(x), y, class_weights=weights))
-            private.optimizer.step()
+    def dp_step() -> None:
+        private.optimizer.zero_grad(set_to_none=True)
+        private.backward(task_loss(task, private.model(x), y, class_weights=weights))
+        private.optimizer.step()
 
+    return dp_step, dev
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _measure_memory(case: Case, mode: str | None, batch: int, device: str, chunk_mib: float, out: mp.Queue) -> None:
+    """Peak memory of one step in this fresh process (CUDA: max allocated; CPU: peak RSS growth)."""
+    step, dev = _step_fn(case, mode, batch, device, chunk_mib)
     # Reset the kernel's peak-RSS mark before the first step: the allocator keeps what a step
     # took, so the warm-up step is where the working set shows up.
     base_rss = _reset_peak_rss()
-    step()  # warm-up (allocator, kernels)
+    step()
+    _sync(dev)
     if dev.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    step()
+    _sync(dev)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else (_proc_status_kib("VmHWM") - base_rss) / 1024
+    out.put((peak, dev.type))
+
+
+def _measure_time(case: Case, modes: list[str], steps: int, batch: int, device: str, chunk_mib: float, out: mp.Queue) -> None:
+    """Seconds per step of the non-private step and each mode, interleaved in one process.
+
+    Steps alternate between the variants and each keeps its fastest step, so load from other
+    processes on a shared machine hits every variant alike instead of whichever ran during it.
+    """
+    variants = [None, *modes]
+    fns = [_step_fn(case, m, batch, device, chunk_mib) for m in variants]
+    best = [float("inf")] * len(variants)
+    for fn, dev in fns:  # warm-up (allocator, kernels)
+        fn()
+        _sync(dev)
     for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = (_proc_status_kib("VmHWM") - base_rss) / 1024
-    out.put(((time.perf_counter() - start) / steps, peak, dev.type))
+        for i, (fn, dev) in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            _sync(dev)
+            best[i] = min(best[i], time.perf_counter() - start)
+    out.put(best)
 
 
-def measure(case: Case, mode: str | None, args: argparse.Namespace) -> tuple[float, float, str]:
-    """(seconds per step, peak MiB, device) of one case in a fresh process; ``mode=None``: non-private."""
+def _in_process(target, *args):
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(case, mode, args.steps, args.batch, args.device, args.chunk_mib, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
+    result = queue.get()  # before join: a large result would otherwise block the child's exit
     proc.join()
-    if proc.exitcode != 0 or queue.empty():
-        raise RuntimeError(f"measuring {case} (mode {mode or 'non-private'}) failed with exit code {proc.exitcode}")
-    return queue.get()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"{target.__name__}{args[:2]} failed with exit code {proc.exitcode}")
+    return result
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
@@ -163,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--models", default="resnet18,unet", help="comma-separated: resnet18, unet")
     parser.add_argument("--defaults", action="store_true", help="the default trained parts at the tasks' sizes")
     parser.add_argument("--mode", default="auto", help="training.grad_sample_mode, or several comma-separated")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant after one warm-up step")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chunk-mib", type=float, default=256, help="training.grad_sample_chunk_mib")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -173,9 +202,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
     console = Console(width=160, stderr=True)
     results: list[Result] = []
     for case in cases(args):
-        t0, m0, dev = measure(case, None, args)
-        for mode in modes:
-            t1, m1, _ = measure(case, mode, args)
+        times = _in_process(_measure_time, case, modes, args.steps, args.batch, args.device, args.chunk_mib)
+        m0, dev = _in_process(_measure_memory, case, None, args.batch, args.device, args.chunk_mib)
+        for mode, t1 in zip(modes, times[1:]):
+            m1, _ = _in_process(_measure_memory, case, mode, args.batch, args.device, args.chunk_mib)
+            t0 = times[0]
             results.append(Result(case.model, case.size, case.trainable, dev, mode, args.batch, t0, t1, m0, m1, t1 / t0, m1 / m0))
             console.print(f"measured {case.model} {case.size}px {case.trainable} {mode}: {t1 / t0:.2f}x time, {m1 / m0:.2f}x memory")
     table = Table(title=f"DP-SGD vs non-private step (batch {args.batch}, {args.steps} timed steps)")

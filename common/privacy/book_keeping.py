@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.privacy.per_sample_norms import per_sample_sq_norms
+from common.privacy.per_sample_norms import per_sample_grads, per_sample_sq_norms, sq_norms_of
 
 # Opacus' clipping factor C / (‖g‖ + ε): the same ε keeps every mode's result identical.
 _OPACUS_CLIP_EPS = 1e-6
@@ -40,11 +40,14 @@ class BookKeepingClipper:
        module's input (detached) and its output.
     2. One backward pass of ``Σ_i loss_i`` to those outputs only (``torch.autograd.grad``):
        every layer's output gradient ``b``, and no weight gradient is computed.
-    3. Per layer, the squared per-sample norms of its parameters' gradients (ghost norm
-       or per-sample gradient, the cheaper for its shape), summed over layers: ``‖g_i‖²``.
+    3. Per layer, the squared per-sample norms of its parameters' gradients, summed over
+       layers: ``‖g_i‖²``. Convolutions: ghost norm or per-sample gradient, the cheaper for
+       their shape, nothing kept. Other layers (norms, heads: few parameters): per-sample
+       gradients, kept for step 5.
     4. Clipping factors ``c_i = min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' flat clipping).
-    5. Per layer, ``Σ_i c_i g_i`` as one ordinary weight gradient with output gradient
-       ``c ⊙ b`` (``Σ_i c_i g_i`` is linear in ``b``), written to ``p.grad``.
+    5. Per layer, ``Σ_i c_i g_i``: for convolutions one ordinary weight gradient with output
+       gradient ``c ⊙ b`` (``Σ_i c_i g_i`` is linear in ``b``); for the others from the kept
+       per-sample gradients. Written to ``p.grad``.
 
     Noise and accounting are Opacus' (``DPOptimizerFastGradientClipping`` reads ``p.grad``
     as the clipped sum). Correct only if every layer treats samples independently, which
@@ -100,16 +103,23 @@ class BookKeepingClipper:
         backprops = torch.autograd.grad(loss_per_sample.sum(), [r.output for r in records], allow_unused=True)
         # 3.-4. Per-sample norms over all layers, then the clipping factors.
         sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
+        kept: list[dict | None] = []
         for record, b in zip(records, backprops):
-            if b is not None:
+            kept.append(None)
+            if b is None:
+                continue
+            if isinstance(record.module, _CONVS):
                 sq += per_sample_sq_norms(record.module, record.activation, b, chunk_bytes=self.chunk_bytes)
+            else:
+                kept[-1] = per_sample_grads(record.module, record.activation, b)
+                sq += sq_norms_of(kept[-1], n, sq)
         self.last_norms = sq.sqrt()
         coef = (self.max_grad_norm / (self.last_norms + _OPACUS_CLIP_EPS)).clamp(max=1.0)
         # 5. The clipped sum per layer, as an ordinary weight gradient of the re-weighted output
         #    (a layer's forward recomputed here is not a new training pass: not captured).
         self._capturing = False
         try:
-            self._write_clipped_sums(records, backprops, coef)
+            self._write_clipped_sums(records, backprops, kept, coef)
         finally:
             self._capturing = True
         for p in self.params:
@@ -117,11 +127,13 @@ class BookKeepingClipper:
                 p.grad = torch.zeros_like(p)
 
     @staticmethod
-    def _write_clipped_sums(records: list[_Record], backprops: tuple, coef: torch.Tensor) -> None:
-        for record, b in zip(records, backprops):
+    def _write_clipped_sums(records: list[_Record], backprops: tuple, kept: list, coef: torch.Tensor) -> None:
+        for record, b, grads_by_param in zip(records, backprops, kept):
             params = [p for p in record.module.parameters(recurse=False) if p.requires_grad]
             if b is None:
                 grads = [torch.zeros_like(p) for p in params]
+            elif grads_by_param is not None:
+                grads = [torch.einsum("n,n...->...", coef.to(g.dtype), g) for g in (grads_by_param[p] for p in params)]
             else:
                 scaled = b * coef.view(-1, *([1] * (b.dim() - 1))).to(b.dtype)
                 grads = _weighted_grads(record.module, record.activation, scaled, params)

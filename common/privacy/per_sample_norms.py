@@ -85,13 +85,23 @@ def _ghost_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torc
     return sq
 
 
-def _per_sample_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def per_sample_grads(module: nn.Module, activation: torch.Tensor, backprop: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Each sample's gradient ``[B, *p.shape]`` for the module's trainable parameters (Opacus' samplers)."""
     sampler = GradSampleModule.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
-    grads = sampler(module, [a], b)
-    sq = torch.zeros(a.shape[0], dtype=b.dtype, device=b.device)
-    for p in _trainable(module):
-        sq = sq + grads[p].reshape(a.shape[0], -1).pow(2).sum(1)
+    grads = sampler(module, [activation], backprop)
+    return {p: grads[p] for p in _trainable(module)}
+
+
+def sq_norms_of(grads: dict[nn.Parameter, torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
+    """Squared norms ``[n]`` of per-sample gradients summed over parameters."""
+    sq = torch.zeros(n, dtype=like.dtype, device=like.device)
+    for g in grads.values():
+        sq = sq + g.reshape(n, -1).pow(2).sum(1)
     return sq
+
+
+def _per_sample_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return sq_norms_of(per_sample_grads(module, a, b), a.shape[0], b)
 
 
 def per_sample_sq_norms(
