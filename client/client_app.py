@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from client.secure_messages import fit_res_content, is_secure_fit, read_fit_ins, secure_aggregation_mod
 from client.secure_update import UpdateRejected, secure_update
 from client.site_runtime import SiteRuntime
-from common.federation_config import ConfigError, site_names
+from common.federation_config import ConfigError, NonPrivateRefused, site_names
 from common.privacy import PrivacyBudgetExceeded
 from common.run_config import config_from_run_config
 
@@ -25,6 +25,8 @@ LEDGER_KEY = "privacy-ledger"
 BUDGET_REFUSED = 4001
 # Error code for an update that cannot be aggregated securely (NaN, outside the SecAgg+ range).
 UPDATE_REJECTED = 4002
+# Error code a site uses to refuse privacy=none on real patient files it has not allowed.
+NON_PRIVATE_REFUSED = 4003
 
 
 def site_for_node(cfg: DictConfig, node_config: dict) -> str:
@@ -85,7 +87,10 @@ def build_client_app(
             )
         except PrivacyBudgetExceeded as err:
             return Message(error=Error(code=BUDGET_REFUSED, reason=str(err)), reply_to=msg)
-        context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
+        except NonPrivateRefused as err:
+            return Message(error=Error(code=NON_PRIVATE_REFUSED, reason=str(err)), reply_to=msg)
+        if outcome.ledger_json is not None:
+            context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
         if not secure:
             content = RecordDict(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}

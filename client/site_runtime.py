@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
-from client.train import dp_train
+from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
-from common.federation_config import check_train_size, site_view
+from common.federation_config import check_non_private_allowed, check_train_size, is_private, site_view
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.privacy import SiteAccountant, calibrate_noise_multiplier
+from common.run_config import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class TrainOutcome:
 
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
-    ledger_json: str
+    ledger_json: str | None  # None: a non-private round, outside the privacy ledger
 
 
 class SiteRuntime:
@@ -57,6 +58,8 @@ class SiteRuntime:
         self.task = cfg.task
         self.model_cfg = cfg.model
         self.seed = int(cfg.seed)
+        # model.init=runs:/... reads the initial weights from the tracking server.
+        self.tracking_uri = tracking_uri(cfg.mlflow)
         self.device = resolve_device(cfg.device)
         self.show_progress = bool(cfg.simulation.show_progress)
         weights = self.task.get("class_weights")
@@ -87,11 +90,11 @@ class SiteRuntime:
             If the frozen weights differ from the server's (``frozen_sha256``), or the
             received weights are NaN/inf or do not fit the model.
         """
-        model = initial_model(self.model_cfg, self.seed)
+        model = initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)
         if frozen_sha256 is not None and frozen_digest(model) != frozen_sha256:
             raise ValueError(
-                f"site {self.site}: frozen weights differ from the server's (same model config, seed "
-                "and torch version are required everywhere)"
+                f"site {self.site}: frozen weights differ from the server's (same model config, seed, "
+                f"model.init weights ({self.model_cfg.get('init', 'seeded')}) and torch version are required everywhere)"
             )
         try:
             load_exchanged(model, state)
@@ -102,7 +105,7 @@ class SiteRuntime:
     @cached_property
     def exchanged_keys(self) -> list[str]:
         """Names of the exchanged tensors, in the order every node derives from the model config."""
-        return list(exchanged_state(initial_model(self.model_cfg, self.seed)))
+        return list(exchanged_state(initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)))
 
     def load_ledger(self, cached: str | None) -> SiteAccountant:
         """The site's ledger from the node-state cache and/or its state dir."""
@@ -156,16 +159,15 @@ class SiteRuntime:
         ------
         PrivacyBudgetExceeded
             If this round would exceed the site's budget; nothing is trained or saved.
+        NonPrivateRefused
+            If ``privacy=none`` reaches a site reading real files that has not allowed it.
         """
         model = self.model_from(state, frozen_sha256)
+        self._seed_round(server_round)
+        if not is_private(self.view.privacy):
+            return self._train_non_private(model)
         ledger = self.load_ledger(cached_ledger)
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        # Noise the coordinator could regenerate from the config would be no noise at all: seed
-        # from the OS unless the experiment explicitly asks for reproducible noise.
-        if self.view.privacy.reproducible_noise:
-            torch.manual_seed(self.seed * 1_000_003 + self.index * 1009 + server_round)
-        else:
-            torch.manual_seed(secrets.randbits(63))
         result = dp_train(
             model,
             self.data.train,
@@ -193,6 +195,37 @@ class SiteRuntime:
             "sample-rate": q,
         }
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
+
+    def _seed_round(self, server_round: int) -> None:
+        # Noise the coordinator could regenerate from the config would be no noise at all: seed
+        # from the OS unless the experiment explicitly asks for reproducible noise.
+        if self.view.privacy.reproducible_noise:
+            torch.manual_seed(self.seed * 1_000_003 + self.index * 1009 + server_round)
+        else:
+            torch.manual_seed(secrets.randbits(63))
+
+    def _train_non_private(self, model: nn.Module) -> TrainOutcome:
+        """``privacy=none``: the reference round without DP; refused on real files unless allowed."""
+        # The site's own check: in a deployment the coordinator chose privacy=none, not the hospital.
+        check_non_private_allowed(self.view)
+        result = plain_train(
+            model,
+            self.data.train,
+            task=self.task.name,
+            training=self.view.training,
+            device=self.device,
+            class_weights=self.class_weights,
+            show_progress=self.show_progress,
+            site=self.site,
+        )
+        metrics = {
+            "num-examples": float(result.num_examples),
+            "uniform-weight": 1.0,
+            "site-index": float(self.index),
+            "train-loss": result.mean_loss,
+            "steps": float(result.steps),
+        }
+        return TrainOutcome(state=result.state, metrics=metrics, ledger_json=None)
 
     def evaluate_round(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> dict[str, float]:
         """Evaluate the global model on the site's test set."""

@@ -14,10 +14,39 @@ from omegaconf import DictConfig, OmegaConf
 
 
 AGGREGATIONS = ("plain", "secaggplus")
+# training.grad_sample_mode values (client/private_training.py; kept here so config checks need no torch).
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")
 
 
 class ConfigError(ValueError):
     """The composed configuration cannot be run; the message names the key and the fix."""
+
+
+class NonPrivateRefused(ConfigError):
+    """A site reading real patient files was asked to train without DP and has not allowed it."""
+
+
+def is_private(privacy: DictConfig) -> bool:
+    """False for the non-private reference (``privacy=none``)."""
+    return bool(privacy.get("enabled", True))
+
+
+def reads_real_files(data: DictConfig) -> bool:
+    """True unless the site's data is privmed's own synthetic data (in memory or written by it)."""
+    return data.format != "synthetic" and not data.get("synthesize")
+
+
+def check_non_private_allowed(view: DictConfig) -> None:
+    """Raise :class:`NonPrivateRefused` if ``view`` would train real patients without DP unasked.
+
+    In a deployment the coordinator submits the config; only the hospital's own site file can
+    set ``allow_non_private`` (:func:`common.run_config.config_from_run_config` enforces that).
+    """
+    if not is_private(view.privacy) and reads_real_files(view.data) and not view.allow_non_private:
+        raise NonPrivateRefused(
+            f"site {view.name} reads real patient files and refuses privacy=none (training without DP); "
+            "only the hospital can allow it, with allow_non_private: true in its own site file"
+        )
 
 
 def site_names(cfg: DictConfig) -> list[str]:
@@ -85,6 +114,7 @@ def _view(cfg: DictConfig, name: str, site: DictConfig, *, index: int) -> DictCo
                 OmegaConf.merge(cfg.training, site.get("training") or {}), resolve=True
             ),
             "state_dir": str(state_dir),
+            "allow_non_private": bool(site.get("allow_non_private", False)),
         }
     )
 
@@ -101,13 +131,35 @@ def check_train_size(view: DictConfig, num_train: int) -> None:
     p, t, where = view.privacy, view.training, f"site {view.name}"
     if num_train < 1:
         raise ConfigError(f"{where}: no training patients")
-    if p.delta >= 1.0 / num_train:
+    if is_private(p) and p.delta >= 1.0 / num_train:
         raise ConfigError(
             f"{where}: privacy.delta={p.delta:g} must be below 1/num_train={1 / num_train:.2g}, "
             "else one patient's data could leak outright"
         )
     if not 1 <= t.batch_size <= num_train:
         raise ConfigError(f"{where}: training.batch_size must be in [1, num_train={num_train}], got {t.batch_size}")
+
+
+def _check_privacy(p: DictConfig, where: str) -> None:
+    if p.target_epsilon <= 0:
+        raise ConfigError(f"{where}: privacy.target_epsilon must be > 0, got {p.target_epsilon}")
+    if not 0 < p.delta < 1:
+        raise ConfigError(f"{where}: privacy.delta must be in (0, 1), got {p.delta}")
+    if p.max_grad_norm <= 0:
+        raise ConfigError(f"{where}: privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
+    if p.noise_multiplier is not None and p.noise_multiplier <= 0:
+        raise ConfigError(f"{where}: privacy.noise_multiplier must be > 0 or null, got {p.noise_multiplier}")
+
+
+def _check_training(t: DictConfig, where: str) -> None:
+    if t.max_physical_batch_size < 1 or t.local_epochs < 1:
+        raise ConfigError(f"{where}: training.max_physical_batch_size and local_epochs must be >= 1")
+    if t.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(
+            f"{where}: training.grad_sample_mode={t.grad_sample_mode!r} is unknown; valid: {', '.join(GRAD_SAMPLE_MODES)}"
+        )
+    if t.grad_sample_chunk_mib <= 0:
+        raise ConfigError(f"{where}: training.grad_sample_chunk_mib must be > 0, got {t.grad_sample_chunk_mib}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -122,19 +174,12 @@ def validate_config(cfg: DictConfig) -> None:
     for name, view in views.items():
         p, t, d = view.privacy, view.training, view.data
         where = f"site {name}"
-        if p.target_epsilon <= 0:
-            raise ConfigError(f"{where}: privacy.target_epsilon must be > 0, got {p.target_epsilon}")
-        if not 0 < p.delta < 1:
-            raise ConfigError(f"{where}: privacy.delta must be in (0, 1), got {p.delta}")
+        if is_private(p):
+            _check_privacy(p, where)
         # Real files: N is known only once they are read (checked there, by the site runtime).
-        if d.format == "synthetic" or d.get("synthesize"):
+        if not reads_real_files(d):
             check_train_size(view, d.num_train)
-        if p.max_grad_norm <= 0:
-            raise ConfigError(f"{where}: privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
-        if p.noise_multiplier is not None and p.noise_multiplier <= 0:
-            raise ConfigError(f"{where}: privacy.noise_multiplier must be > 0 or null, got {p.noise_multiplier}")
-        if t.max_physical_batch_size < 1 or t.local_epochs < 1:
-            raise ConfigError(f"{where}: training.max_physical_batch_size and local_epochs must be >= 1")
+        _check_training(t, where)
     strategy = cfg.strategy
     if strategy.client_dp is not None:
         if strategy.fraction_train != 1.0:

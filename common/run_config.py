@@ -9,10 +9,14 @@ config (``--node-config 'site="hospital_a" site-config="/etc/privmed/site.yaml" 
   over ``federation.sites.<site>``, so its data, privacy budget and noise settings win over
   whatever the coordinator submitted for that site;
 - ``data-root``: the hospital's data directory (``data.root`` of its site).
+
+Whatever the coordinator submits, ``allow_non_private`` (consent to ``privacy=none`` on real
+files) is false for every site unless the hospital's own site file sets it.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping
 from functools import lru_cache
@@ -28,7 +32,12 @@ from common.federation_config import ConfigError, validate_config
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_STATE_ROOT = Path.home() / ".privmed" / "state"
 # Keys a hospital's site file may set: the schema of conf/site/*.yaml.
-SITE_FILE_KEYS = ("name", "data", "privacy", "training", "state_dir")
+SITE_FILE_KEYS = ("name", "data", "privacy", "training", "state_dir", "allow_non_private")
+
+
+def tracking_uri(mlflow_cfg: DictConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the configured URI (a sqlite file by default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(mlflow_cfg.tracking_uri)
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -125,12 +134,28 @@ def _cached(
     overrides: tuple[str, ...], site: str | None, site_file: str | None, data_root: str | None, stamp: int
 ) -> DictConfig:
     # ``stamp`` (the site file's mtime) is only part of the key: an edited file is re-read.
-    cfg = compose_config(overrides)
+    cfg = without_coordinator_consent(compose_config(overrides))
     if site_file is None and data_root is None:
         return cfg
     if site is None:
         raise ConfigError("node config sets 'site-config' or 'data-root' but not 'site'")
     return apply_site_config(cfg, site, site_file=site_file, data_root=data_root)
+
+
+def without_coordinator_consent(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``allow_non_private`` false for every site, explicit or generated.
+
+    A deployed run's config comes from the coordinator (its overrides and its copy of
+    ``conf/``); consent to train real patients without DP may only come from the hospital's own
+    site file, merged after this (:func:`apply_site_config`).
+    """
+    fed = cfg.federation
+    patch: dict[str, Any] = {"sites": {name: {"allow_non_private": False} for name in (fed.get("sites") or {})}}
+    if fed.get("generated_sites"):
+        patch["generated_sites"] = {"template": {"allow_non_private": False}}
+    merged = OmegaConf.merge(OmegaConf.to_container(cfg), {"federation": patch})
+    OmegaConf.set_readonly(merged, True)
+    return merged
 
 
 def node_config_key(node_config: Mapping[str, Any]) -> tuple[str | None, str | None, str | None, int]:

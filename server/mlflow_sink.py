@@ -18,6 +18,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from common.run_config import tracking_uri
+
 log = logging.getLogger(__name__)
 
 # MLflow's log_batch accepts at most this many params / metrics per call.
@@ -25,11 +27,8 @@ _BATCH = 100
 # MLflow's param value size limit.
 _MAX_PARAM_CHARS = 6000
 SWEEP_TAG = "privmed.sweep"
-
-
-def tracking_uri(mlflow_cfg: DictConfig) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the configured URI (a sqlite file by default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(mlflow_cfg.tracking_uri)
+# "dp" for sample-level DP-SGD runs, "none" for the non-private reference (privacy=none).
+PRIVACY_TAG = "privmed.privacy"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -63,7 +62,7 @@ class MlflowSink:
         self.experiment_id = (
             experiment.experiment_id if experiment else self.client.create_experiment(cfg.mlflow.experiment_name)
         )
-        tags = {}
+        tags = {PRIVACY_TAG: "dp" if cfg.privacy.get("enabled", True) else "none"}
         if sweep:
             tags["mlflow.parentRunId"] = self._parent_run(sweep)
             tags[SWEEP_TAG] = sweep

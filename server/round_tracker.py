@@ -79,10 +79,11 @@ class RoundTracker:
         for metrics in replies:
             site = self.sites[int(metrics["site-index"])]
             self._train[site] = {k: float(v) for k, v in metrics.items()}
-            self._eps_sample[site] = float(metrics["eps-sample"])
+            if "eps-sample" in metrics:  # absent from non-private (privacy=none) replies
+                self._eps_sample[site] = float(metrics["eps-sample"])
         params = {}
         for site, m in self._train.items():
-            if site not in self._site_params_logged:
+            if site not in self._site_params_logged and "noise-multiplier" in m:
                 params[f"site.{site}.noise_multiplier"] = m["noise-multiplier"]
                 params[f"site.{site}.sample_rate"] = m["sample-rate"]
                 self._site_params_logged.add(site)
@@ -115,7 +116,8 @@ class RoundTracker:
             sites_aggregated=float(len(self._train)),
         )
         for site, m in self._train.items():
-            row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
+            if "eps-sample" in m:
+                row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
             row[f"site.{site}.steps"] = float(m["steps"])
         if self._eps_sample:
             row["eps_sample_max"] = max(self._eps_sample.values())

@@ -48,8 +48,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
     sites = site_names(cfg)
     sink = MlflowSink(cfg, sweep=sweep)
     tracker = RoundTracker(sites=sites, metric=cfg.task.metric, sink=sink)
-    # Every site rebuilds the same seeded model; only its trained part travels.
-    model = initial_model(cfg.model, cfg.seed)
+    # Every site rebuilds the same initial model (seeded, or model.init's weights); only its trained part travels.
+    model = initial_model(cfg.model, cfg.seed, tracking_uri=sink.uri)
     digest = frozen_digest(model)
     # Sites calibrate σ once for the planned number of rounds.
     round_config = {"num-rounds": cfg.federation.num_rounds, "frozen-sha256": digest}

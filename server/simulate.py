@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from client.client_app import build_client_app
-from common.federation_config import ConfigError, site_names, validate_config
+from common.federation_config import ConfigError, check_non_private_allowed, site_names, site_views, validate_config
 from common.run_config import CONF_DIR
 from server.server_app import FederationReport, build_server_app
 
@@ -67,6 +67,10 @@ def simulate(
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_readonly(resolved, True)
     validate_config(resolved)
+    # Each site refuses privacy=none on real files it has not allowed; in a simulation the
+    # operator holds every site's files, so say so before anything starts.
+    for view in site_views(resolved).values():
+        check_non_private_allowed(view)
     sites = site_names(resolved)
     reports: list[FederationReport] = []
     run_simulation(

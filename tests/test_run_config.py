@@ -97,3 +97,18 @@ def test_each_node_gets_its_own_config_and_simulated_nodes_share_one(strict_a, t
 def test_site_config_needs_the_site_name(strict_a):
     with pytest.raises(ConfigError, match="'site-config' or 'data-root' but not 'site'"):
         config_from_run_config(_context({"site-config": str(strict_a)}))
+
+
+def test_only_the_hospitals_own_site_file_can_allow_non_private_training(tmp_path):
+    """The coordinator submits privacy=none and 'consent' for every site; a SuperNode ignores the latter."""
+    overrides = (
+        "privacy=none federation.sites.hospital_a.allow_non_private=true "
+        "federation.sites.hospital_b.allow_non_private=true"
+    )
+    node = {"site": "hospital_a", "state-root": str(tmp_path / "state")}
+    cfg = config_from_run_config(_context(node, overrides))
+    assert not site_view(cfg, "hospital_a").allow_non_private and not site_view(cfg, "hospital_b").allow_non_private
+    own = _write(tmp_path / "site_a.yaml", "name: hospital_a\nallow_non_private: true\n")
+    cfg = config_from_run_config(_context({**node, "site-config": str(own)}, overrides))
+    assert site_view(cfg, "hospital_a").allow_non_private
+    assert not site_view(cfg, "hospital_b").allow_non_private  # hospital_a's file speaks for hospital_a only

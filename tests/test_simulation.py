@@ -47,6 +47,7 @@ def test_classification_federation_logs_metrics_epsilon_and_model(tiny_config, t
     report = simulate(cfg)
     client, run = _run(report)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["privmed.privacy"] == "dp"
     auc = _history(client, run.info.run_id, "auc")
     assert [s for s, _ in auc] == [1, 2] and all(0.0 <= v <= 1.0 for _, v in auc)
     params = run.data.params
@@ -70,6 +71,17 @@ def test_classification_federation_logs_metrics_epsilon_and_model(tiny_config, t
     # The logged model is complete (frozen + trained weights) and loads into a plain model.
     local = client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
     build_model(cfg.model).load_state_dict(torch.load(local), strict=True)
+
+
+@pytest.mark.parametrize("task,metric", [("classification", "auc"), ("segmentation", "dice")])
+def test_non_private_reference_logs_its_metric_and_no_epsilon(tiny_config, task, metric):
+    report = simulate(tiny_config("privacy=none", f"task={task}", "federation.num_rounds=1"))
+    client, run = _run(report)
+    assert run.info.status == "FINISHED" and run.data.tags["privmed.privacy"] == "none"
+    assert [s for s, _ in _history(client, run.info.run_id, metric)] == [1]
+    assert not [k for k in run.data.metrics if k.startswith("eps") or ".eps" in k]
+    assert not [k for k in run.data.params if k.endswith("noise_multiplier") or k.endswith("sample_rate")]
+    assert run.data.metrics["sites_trained"] == 3
 
 
 def test_segmentation_federation_logs_dice(tiny_config):

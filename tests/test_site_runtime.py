@@ -121,3 +121,38 @@ def test_dp_noise_is_unpredictable_unless_reproducibility_is_asked_for(tiny_conf
         updates.append(out.state)
     same = all(torch.equal(updates[0][k], updates[1][k]) for k in updates[0])
     assert same is reproducible
+
+
+def test_non_private_round_trains_without_opacus_ledger_or_epsilon(tiny_config):
+    cfg = tiny_config("privacy=none")
+    state = _initial_state(cfg)
+    out = SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    assert out.ledger_json is None
+    assert not {"eps-sample", "noise-multiplier", "sample-rate"} & set(out.metrics)
+    assert out.metrics["steps"] == 4  # ⌈64 / 16⌉, as many steps as DP-SGD takes
+    assert any(not torch.equal(state[k], out.state[k]) for k in state)
+
+
+def _real_files_config(tiny_config, tmp_path, *extra):
+    """hospital_a reads files it did not synthesize (written here once, then read as real)."""
+    root = tmp_path / "real_xrays"
+    seeded = tiny_config(f"federation.sites.hospital_a.data.root={root}")
+    SiteRuntime(seeded, "hospital_a").data  # writes privmed's synthetic files at root
+    return tiny_config(
+        "privacy=none", f"federation.sites.hospital_a.data.root={root}",
+        "+federation.sites.hospital_a.data.synthesize=false", *extra,
+    )
+
+
+def test_non_private_training_is_refused_on_real_files_unless_the_site_allows_it(tiny_config, tmp_path):
+    from common.federation_config import NonPrivateRefused
+
+    cfg = _real_files_config(tiny_config, tmp_path)
+    state = _initial_state(cfg)
+    with pytest.raises(NonPrivateRefused, match="site hospital_a reads real patient files and refuses privacy=none"):
+        SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    # Synthetic sites of the same run train; the hospital's own consent unlocks its real files.
+    SiteRuntime(cfg, "hospital_b").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    allowed = _real_files_config(tiny_config, tmp_path, "federation.sites.hospital_a.allow_non_private=true")
+    out = SiteRuntime(allowed, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
+    assert out.ledger_json is None

@@ -1,7 +1,7 @@
 """What sites and server exchange: only the trained part of a model.
 
-Frozen weights are the seeded random initialisation, rebuilt identically everywhere from
-``(model config, seed)``; they depend on no data and never travel. Exchanging only the
+Frozen weights are the initialisation (seeded random, or the file ``model.init`` names), rebuilt
+identically everywhere from ``(model config, seed)``; they depend on no site's data and never travel. Exchanging only the
 trained parameters keeps client-level DP noise off frozen weights (Flower's DP wrappers
 noise every array they aggregate) and cuts a ResNet-18 message from 45 MB to 40 kB.
 """
@@ -18,22 +18,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from common.models.factory import build_model
+from common.models.factory import build_model, resnet_depth
+from common.models.init_weights import SEEDED, apply_init
 from common.models.trainable import select_trainable
 
 
-def initial_model(model_cfg: DictConfig, seed: int) -> nn.Module:
-    """The federation's seeded initial model, with ``model_cfg.trainable`` selected (a fresh copy)."""
+def initial_model(model_cfg: DictConfig, seed: int, *, tracking_uri: str | None = None) -> nn.Module:
+    """The federation's initial model: seeded, then ``model_cfg.init``'s weights, with
+    ``model_cfg.trainable`` selected (a fresh copy). ``tracking_uri`` serves ``runs:/`` inits.
+
+    Raises
+    ------
+    InitWeightsError
+        If ``model.init`` names weights that are missing here or do not fit the model.
+    """
     key = json.dumps(OmegaConf.to_container(model_cfg, resolve=True), sort_keys=True)
-    return copy.deepcopy(_initial_template(key, seed))
+    return copy.deepcopy(_initial_template(key, seed, tracking_uri))
 
 
 @lru_cache(maxsize=4)
-def _initial_template(model_json: str, seed: int) -> nn.Module:
+def _initial_template(model_json: str, seed: int, tracking_uri: str | None) -> nn.Module:
     # Building and fixing a ResNet takes ~0.5 s; a node answers many messages, so build once.
     model_cfg = OmegaConf.create(json.loads(model_json))
     torch.manual_seed(seed)
     model = build_model(model_cfg)
+    apply_init(model, str(model_cfg.get("init", SEEDED)), tracking_uri=tracking_uri, depth=resnet_depth(model_cfg))
     select_trainable(model, model_cfg.trainable)
     return model
 

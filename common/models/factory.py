@@ -17,6 +17,14 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     """
     if "_target_" not in model_cfg:
         raise ValueError(f"model config needs a _target_ builder, got keys {sorted(model_cfg)}")
-    # `trainable` says what DP-SGD trains (see common.models.exchange); not a builder argument.
-    builder_args = {k: v for k, v in model_cfg.items() if k != "trainable"}
+    # `trainable` (what DP-SGD trains) and `init` (where weights come from) are not builder arguments.
+    builder_args = {k: v for k, v in model_cfg.items() if k not in ("trainable", "init")}
     return make_dp_conformant(instantiate(builder_args))
+
+
+def resnet_depth(model_cfg: DictConfig) -> int:
+    """Depth of the configured ResNet or UNet ResNet encoder (18 for anything else)."""
+    if "depth" in model_cfg:
+        return int(model_cfg.depth)
+    digits = "".join(ch for ch in str(model_cfg.get("encoder_name", "")) if ch.isdigit())
+    return int(digits) if digits else 18
