@@ -6,6 +6,7 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from omegaconf import OmegaConf
 
 from common.he.model_source import ModelSourceError, load_model
@@ -19,9 +20,9 @@ def logged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("source")
     cfg = compose_config([f"state_root={tmp / 'state'}", "model=he_cnn", "+federation.sites.hospital_b.data.window=[0,200]"])
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
+    # MLflow's process-wide URI, restored afterwards: other test modules log elsewhere.
+    with pytest.MonkeyPatch.context() as patch, _use_tracking_uri(uri):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
         torch.manual_seed(0)
         yield cfg, build_model(cfg.model).eval(), MlflowClient(uri)
 

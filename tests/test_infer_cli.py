@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from omegaconf import OmegaConf
 
 from client.infer import main as infer_main
@@ -66,8 +67,14 @@ def _wait_for_url(proc: subprocess.Popen, lines: queue.Queue, seen: list[str]) -
 
 
 def test_served_run_gives_the_plaintext_probability(tiny_config, tmp_path, monkeypatch, capsys):
+    """The server is a real process reading the run from MLflow; the clinic's CLI runs in-process."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with _use_tracking_uri(uri):  # in-process CLI: MLflow's process-wide URI wins over the variable
+        _contract(tiny_config, uri, capsys)
+
+
+def _contract(tiny_config, uri: str, capsys) -> None:
     cfg = tiny_config("model=he_cnn")
     torch.manual_seed(11)
     model = build_model(cfg.model).eval()
