@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point; exits 2 with one line on stderr when something is wrong."""
-    parser = argparse.ArgumentParser(prog="privmed-infer", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="privmed-infer", description=summary)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG or single-image DICOM files")
     parser.add_argument("--server", required=True, help="the model owner's URL, e.g. http://127.0.0.1:8765")
     parser.add_argument("--plaintext-model", help="the same model in the clear (runs:/..., models:/..., state dict), "

@@ -174,7 +174,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="privmed-infer-server", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="privmed-infer-server", description=summary)
     parser.add_argument("--model", required=True, help="runs:/<id>/model, models:/<name>/<version>, or a state dict")
     parser.add_argument("--host", help="address to listen on (default: server.host of the config)")
     parser.add_argument("--port", type=int, help="port (default: server.port of the config; 0 picks a free one)")
