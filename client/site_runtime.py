@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -168,19 +169,21 @@ class SiteRuntime:
             return self._train_non_private(model)
         ledger = self.load_ledger(cached_ledger)
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        result = dp_train(
-            model,
-            self.data.train,
-            task=self.task.name,
-            training=self.view.training,
-            ledger=ledger,
-            noise_multiplier=sigma,
-            max_grad_norm=self.view.privacy.max_grad_norm,
-            budget=self.view.privacy.target_epsilon,
-            device=self.device,
-            class_weights=self.class_weights,
-            show_progress=self.show_progress,
-        )
+        with warnings.catch_warnings():
+            _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
+            result = dp_train(
+                model,
+                self.data.train,
+                task=self.task.name,
+                training=self.view.training,
+                ledger=ledger,
+                noise_multiplier=sigma,
+                max_grad_norm=self.view.privacy.max_grad_norm,
+                budget=self.view.privacy.target_epsilon,
+                device=self.device,
+                class_weights=self.class_weights,
+                show_progress=self.show_progress,
+            )
         ledger.save(self.view.state_dir)
         q, _ = self.steps_per_round()
         metrics = {
@@ -240,6 +243,18 @@ class SiteRuntime:
         metrics["site-index"] = float(self.index)
         metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
+
+
+def _quiet_library_warnings(*, os_seeded: bool) -> None:
+    """Silence, inside a ``warnings.catch_warnings()`` block, warnings that tell a site's operator nothing."""
+    if os_seeded:
+        # Opacus asks for secure_mode, which needs torchcsprng (no build for torch 2.14); the noise
+        # seed already comes from the OS, so nobody holding the config can regenerate the noise
+        # (README "Noise nobody else can regenerate"). Kept for reproducible_noise=true runs.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+    # Opacus' per-sample hooks need only the output gradient; torch warns that the first layer's
+    # full backward hook fires without an input gradient (the images need none): expected, harmless.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 @lru_cache(maxsize=4)

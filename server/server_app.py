@@ -22,6 +22,7 @@ from server.mlflow_sink import MlflowSink
 from server.report import print_summary, progress_plot
 from server.round_tracker import FederationStopped, RoundTracker
 from server.secure_aggregation import run_secure_rounds
+from server.site_failures import RecordingGrid, SiteFailures
 from server.site_wait import wait_for_sites
 from server.strategy import build_secure_strategy, build_strategy
 
@@ -36,6 +37,8 @@ class FederationReport:
     stop_reason: str | None = None
     run_id: str | None = None
     tracking_uri: str | None = None
+    # One line per site that failed or refused in the run: "<site> (rounds …): <reason>".
+    failures: list[str] = field(default_factory=list)
 
 
 def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str | None = None) -> FederationReport:
@@ -48,6 +51,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
     sites = site_names(cfg)
     sink = MlflowSink(cfg, sweep=sweep)
     tracker = RoundTracker(sites=sites, metric=cfg.task.metric, sink=sink)
+    failures = SiteFailures(sites)
+    grid = RecordingGrid(grid, failures)
     # Every site rebuilds the same initial model (seeded, or model.init's weights); only its trained part travels.
     model = initial_model(cfg.model, cfg.seed, tracking_uri=sink.uri)
     digest = frozen_digest(model)
@@ -90,8 +95,10 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
         status = RunStatus.to_string(RunStatus.FAILED)
         raise
     finally:
-        report.rows = tracker.rows
-        text = print_summary(tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason)
+        report.rows, report.failures = tracker.rows, failures.lines()
+        text = print_summary(
+            tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason, failures=report.failures
+        )
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = [Path(tmp) / "summary.txt"]
             artifacts[0].write_text(text)

@@ -31,6 +31,9 @@ from common.run_config import CONF_DIR
 from server.server_app import FederationReport, build_server_app
 
 log = logging.getLogger("privmed")
+# Exit statuses (README "Failures and exit status"); 0: every planned round completed.
+EXIT_STOPPED_EARLY = 1
+EXIT_INVALID_CONFIG = 2
 
 
 def backend_config(cfg: DictConfig, num_sites: int) -> dict:
@@ -95,9 +98,15 @@ def main(cfg: DictConfig) -> float:
         report = simulate(cfg, sweep=sweep)
     except ConfigError as err:
         print(f"privmed-simulate: invalid configuration: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_INVALID_CONFIG)
     final = report.rows[-1].get(cfg.task.metric, math.nan) if report.rows else math.nan
     print(f"MLflow run {report.run_id} in {report.tracking_uri}: final {cfg.task.metric}={final:.3f}")
+    if report.stop_reason is not None or len(report.rows) < cfg.federation.num_rounds:
+        # Exit status 1: the planned rounds did not all complete (README "Failures and exit status").
+        # A multirun keeps going: one stopped job must not end the sweep's other jobs.
+        print(f"privmed-simulate: the federation stopped early: {report.stop_reason}", file=sys.stderr)
+        if sweep is None:
+            sys.exit(EXIT_STOPPED_EARLY)
     return float(final)
 
 
