@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
+from client.round_store import StoredUpdate, model_sha256, released_update, save_update
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -168,6 +169,16 @@ class SiteRuntime:
         if not is_private(self.view.privacy):
             return self._train_non_private(model)
         ledger = self.load_ledger(cached_ledger)
+        # Asked again for a round already trained on this global model (a resumed coordinator):
+        # re-send the released update instead of spending budget twice (client/round_store.py).
+        global_sha256 = model_sha256(state)
+        stored = released_update(
+            self.view.state_dir, server_round=server_round, model_sha256=global_sha256, ledger_steps=ledger.steps
+        )
+        if stored is not None:
+            print(f"site {self.site}: round {server_round} was already trained on this global model; "
+                  "re-sending the stored update (no new privacy cost)", file=sys.stderr, flush=True)
+            return TrainOutcome(state=stored.state, metrics=stored.metrics, ledger_json=ledger.to_json())
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
         with warnings.catch_warnings():
             _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
@@ -184,7 +195,6 @@ class SiteRuntime:
                 class_weights=self.class_weights,
                 show_progress=self.show_progress,
             )
-        ledger.save(self.view.state_dir)
         q, _ = self.steps_per_round()
         metrics = {
             "num-examples": float(result.num_examples),
@@ -197,6 +207,12 @@ class SiteRuntime:
             "noise-multiplier": sigma,
             "sample-rate": q,
         }
+        # The update first, then the ledger that accounts it (invariant in client/round_store.py).
+        save_update(
+            self.view.state_dir,
+            StoredUpdate(server_round, global_sha256, result.state, metrics, ledger_steps=ledger.steps),
+        )
+        ledger.save(self.view.state_dir)
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
 
     def _seed_round(self, server_round: int) -> None:

@@ -62,6 +62,12 @@ class MlflowSink:
         self.experiment_id = (
             experiment.experiment_id if experiment else self.client.create_experiment(cfg.mlflow.experiment_name)
         )
+        if cfg.get("resume"):
+            # A resumed federation continues its own run: params were logged when it started.
+            self.run_id = str(cfg.resume)
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            log.info("MLflow run %s at %s (resumed)", self.run_id, self.uri)
+            return
         tags = {PRIVACY_TAG: "dp" if cfg.privacy.get("enabled", True) else "none"}
         if sweep:
             tags["mlflow.parentRunId"] = self._parent_run(sweep)

@@ -56,7 +56,7 @@ def print_summary(
     if failures:
         console.print("[bold yellow]Sites that failed or refused:[/]")
         for line in failures:
-            console.print(f"  {line}", markup=False, highlight=False)
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     if stop_reason:
         console.print(f"[bold yellow]Stopped early:[/] {stop_reason}")
     return console.export_text()

@@ -17,6 +17,8 @@ from flwr.serverapp import Grid
 
 # A site's error reason starts with "site <name>: ..." (sanitised replies, site-side errors).
 _SITE_REASON = re.compile(r"site (?P<site>[\w.-]+): (?P<what>.+)")
+# Flower's simulation wraps a ClientApp's exception text in this.
+_FLOWER_PREFIX = re.compile(r"^Exception \w+ occurred\. Message:\s*")
 # A one-line reason is cut here: the summary is a table, not a log.
 _MAX_REASON_CHARS = 160
 
@@ -88,8 +90,7 @@ def one_line(reason: str) -> str:
     # Flower's text ends with the exception's own line ("DataError: ..."), after the traceback.
     line = named[-1] if named else lines[-1]
     match = _SITE_REASON.search(line)
-    if match:
-        line = match.group(0)
+    line = match.group(0) if match else _FLOWER_PREFIX.sub("", line)
     return line if len(line) <= _MAX_REASON_CHARS else line[: _MAX_REASON_CHARS - 1] + "…"
 
 

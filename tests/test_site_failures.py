@@ -26,6 +26,8 @@ FLOWER_WRAPPED = (
         ("site hospital_a: budget refused (ε 2.500 would become 3.200 > budget 3)",
          "site hospital_a: budget refused (ε 2.500 would become 3.200 > budget 3)"),
         ("Traceback (most recent call last):\n  File x\nRuntimeError: boom", "RuntimeError: boom"),
+        ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+         "Message: /data/x.jpeg: unreadable image'>", "/data/x.jpeg: unreadable image"),
         ("", "failed (no reason given)"),
         ("x" * 500, "x" * 159 + "…"),
     ],
@@ -58,3 +60,5 @@ def test_summary_lists_failed_sites_and_why_the_run_stopped():
     assert "hospital_b (round 1): site hospital_b: DataError" in text
     assert "Stopped early: no site trained in round 2" in text
     assert "failed" not in print_summary(rows, sites=SITES, metric="auc", stop_reason=None)
+    long_line = "hospital_b (round 1): " + "x" * 150
+    assert long_line in print_summary(rows, sites=SITES, metric="auc", stop_reason=None, failures=[long_line])
