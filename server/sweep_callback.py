@@ -75,9 +75,13 @@ def _check_tuning_data(config: DictConfig) -> None:
 
     from common.federation_config import expand_sites, reads_real_files
 
-    # Only format and synthesize are read: the data roots name job dirs that do not exist yet.
-    sites = expand_sites(config.federation)
-    real = [n for n, s in sites.items() if reads_real_files(OmegaConf.merge(config.task.data, s.get("data") or {}))]
+    real = []
+    for name, site in expand_sites(config.federation).items():
+        # Only format and synthesize are read: the data roots name job dirs that do not exist yet.
+        own = site.get("data") or {}
+        data = {key: own.get(key, config.task.data.get(key)) for key in ("format", "synthesize")}
+        if reads_real_files(OmegaConf.create(data)):
+            real.append(name)
     if real:
         raise TuningOnRealData(
             f"hparams_search tunes on the sites' training data, and sites {', '.join(real)} read real patient "
