@@ -82,6 +82,12 @@ class MlflowSink:
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_id = experiment_id(self.client, cfg.mlflow.experiment_name)
+        if cfg.get("resume"):
+            # A resumed federation continues its own run: params were logged when it started.
+            self.run_id = str(cfg.resume)
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            log.info("MLflow run %s at %s (resumed)", self.run_id, self.uri)
+            return
         tags = {PRIVACY_TAG: "dp" if cfg.privacy.get("enabled", True) else "none"}
         if sweep:
             tags["mlflow.parentRunId"] = sweep_parent_run(self.client, self.experiment_id, sweep)
