@@ -142,8 +142,10 @@ def per_sample_grads_chunked(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """:func:`per_sample_grads` in chunks of samples (temporaries below ``chunk_bytes``), written in place."""
     n = activation.shape[0]
-    out = {p: torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in _trainable(module)}
     step = _chunk_size(module, backprop, PER_SAMPLE, chunk_bytes)
+    if step >= n:  # one chunk: no copy
+        return per_sample_grads(module, activation, backprop)
+    out = {p: torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in _trainable(module)}
     for i in range(0, n, step):
         for p, g in per_sample_grads(module, activation[i : i + step], backprop[i : i + step]).items():
             out[p][i : i + step] = g
