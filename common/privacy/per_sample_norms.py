@@ -57,7 +57,8 @@ def _work_bytes_per_sample(module: nn.Module, backprop: torch.Tensor, method: st
     """Temporaries one sample needs: unfolded input plus the Gram matrices or the gradient."""
     shape = _matrix_shape(module, backprop)
     if shape is None:
-        return sum(p.numel() for p in _trainable(module)) + backprop[0].numel()
+        # Opacus' samplers for norms and the like recompute the layer's output and multiply it by b.
+        return sum(p.numel() for p in _trainable(module)) + 3 * backprop[0].numel()
     positions, d, p = shape
     unfolded = positions * d if isinstance(module, nn.Conv2d) else 0
     return unfolded + (2 * positions * positions if method == GHOST else d * p)
