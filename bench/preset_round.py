@@ -1,7 +1,7 @@
 """Wall time of one federated round of the clinical presets (``experiment=xray_224``, ``ct_256``).
 
-Each preset runs two rounds on one synthetic site (a hospital's round time: each hospital trains
-on its own machine, in parallel with the others), shrunk to a given number of training
+Each preset runs two rounds on two synthetic sites sharing this machine (a federation needs two;
+a hospital training on its own machine alone would be faster), each shrunk to a given number of training
 patients (the round's steps are ``⌈num_train / batch_size⌉`` logical batches of the
 preset's size, so the time scales linearly with it); the round time is the gap between the
 MLflow timestamps of the two rounds' metrics (start-up, data synthesis and the first round's
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from utility_table import _simulate  # noqa: E402  (bench scripts are not a package)
 
 PRESETS = {"xray_224": "auc", "ct_256": "dice"}
-ONE_SITE = ["~federation.sites.hospital_b", "~federation.sites.hospital_c"]
+TWO_SITES = ["~federation.sites.hospital_c"]
 
 
 def round_seconds(out: Path, run_id: str, metric: str) -> float:
@@ -40,7 +40,7 @@ def round_seconds(out: Path, run_id: str, metric: str) -> float:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--num-train", type=int, default=None, help="training patients of the site (default: one logical batch)")
+    parser.add_argument("--num-train", type=int, default=None, help="training patients per site (default: one logical batch)")
     parser.add_argument("--num-test", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("outputs/preset_round"))
     parser.add_argument("--json", type=Path, default=None)
@@ -57,16 +57,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = compose_config([f"experiment={preset}"])
         num_train = args.num_train or int(cfg.training.batch_size)
         run_id, metric, value, minutes = _simulate(
-            [f"experiment={preset}", "federation.num_rounds=2", *ONE_SITE,
-             f"federation.sites.hospital_a.data.num_train={num_train}", f"federation.sites.hospital_a.data.num_test={args.num_test}"],
+            [f"experiment={preset}", "federation.num_rounds=2", *TWO_SITES,
+             *(f"federation.sites.{s}.data.{k}={v}" for s in ("hospital_a", "hospital_b")
+               for k, v in (("num_train", num_train), ("num_test", args.num_test)))],
             out, out / f"{preset}.log",
         )
         seconds = round_seconds(out, run_id, PRESETS[preset])
         steps = -(-num_train // int(cfg.training.batch_size))
         results.append({"preset": preset, "device": resolve_device(cfg.device).type, "num_train": num_train, "num_test": args.num_test,
                         "steps_per_round": steps, "round_s": seconds, "run_minutes": minutes, "run_id": run_id})
-        print(f"{preset}: one round ({steps} step(s) of {cfg.training.batch_size} patients at one site, "
-              f"{num_train} train / {args.num_test} test patients) took {seconds:.0f} s")
+        print(f"{preset}: one round ({steps} step(s) of {cfg.training.batch_size} patients per site, 2 sites, "
+              f"{num_train} train / {args.num_test} test patients each) took {seconds:.0f} s")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
