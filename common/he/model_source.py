@@ -106,7 +106,8 @@ def _from_mlflow_model(reference: str, folder: Path, run_config: DictConfig | No
     if "model" in metadata:
         # privmed's own logged model: rebuilt as the nn.Module that was trained (the plan needs its layers).
         trained = load_trained_model(str(folder))
-        return LoadedModel(trained.module, trained.image_size, _distinct(trained.windows), trained.class_names, reference)
+        windows = _distinct(trained.windows)
+        return LoadedModel(trained.module, trained.image_size, windows, trained.class_names, reference)
     module = mlflow.pytorch.load_model(str(folder), map_location="cpu").eval()
     if "image_size" in metadata:
         image_size = int(metadata["image_size"])

@@ -205,7 +205,8 @@ def load_trained_model(uri: str, *, tracking_uri: str | None = None) -> TrainedM
                 folder = Path(local)
             except (MlflowException, OSError) as err:
                 where = tracking_uri or mlflow.get_tracking_uri()
-                raise LoggedModelError(f"{uri!r}: no such model in MLflow at {where} ({str(err).splitlines()[0]})") from err
+                first = str(err).splitlines()[0]
+                raise LoggedModelError(f"{uri!r}: no such model in MLflow at {where} ({first})") from err
         if not (folder / "MLmodel").is_file():
             raise LoggedModelError(f"{uri!r}: not an MLflow Model (no MLmodel file)")
         described = (Model.load(str(folder)).metadata or {}).get(METADATA_KEY)
