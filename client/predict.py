@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="segmentation: the mask file (default <name>_mask.nii.gz / .png here)")
     parser.add_argument("--threshold", type=float, default=0.5, help="classification: decision threshold (default 0.5)")
     args = parser.parse_args(argv)
+    # One line per file on stdout and one error line on stderr: no download progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         run(args)
     except (DataError, LoggedModelError, ValueError) as err:
