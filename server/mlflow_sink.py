@@ -127,7 +127,8 @@ class MlflowSink:
     ) -> None:
         """Log the final global model (an MLflow Model), plots and summary, then close the run with ``status``.
 
-        The run is closed even when logging the model fails (then as FAILED, and the error propagates).
+        The run is closed even when logging the model fails: as FAILED, and the error propagates
+        unless the run had already failed.
         """
         if stop_reason:
             self.client.set_tag(self.run_id, "privmed.stop_reason", stop_reason)
@@ -144,8 +145,12 @@ class MlflowSink:
                     described=described,
                     registered_model_name=self.cfg.mlflow.get("registered_model_name"),
                 )
-        except BaseException:
-            status = RunStatus.to_string(RunStatus.FAILED)
-            raise
+        except Exception:
+            if status == RunStatus.to_string(RunStatus.FAILED):
+                # The federation already failed: keep its error, not this one.
+                log.exception("the failed run's last model could not be logged")
+            else:
+                status = RunStatus.to_string(RunStatus.FAILED)
+                raise
         finally:
             self.client.set_terminated(self.run_id, status)
