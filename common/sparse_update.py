@@ -25,6 +25,14 @@ SPARSE_STRATEGIES = ("partial_sharing", "svt")
 VALUES, INDICES, MASK = "values", "indices", "mask"
 
 
+class MalformedUpdate(ValueError):
+    """A sparse message that cannot be decoded; ``position`` is its index among the round's updates."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(reason)
+        self.position = position
+
+
 def is_sparse(strategy_cfg: Mapping) -> bool:
     """True for strategies whose sites send sparse updates."""
     return str(strategy_cfg.get("name")) in SPARSE_STRATEGIES
@@ -123,6 +131,29 @@ def decode(arrays: Mapping[str, np.ndarray], *, size: int, limit: int) -> np.nda
     dense = np.zeros(size)
     dense[indices] = values
     return dense
+
+
+def average_sparse(
+    start: Mapping[str, np.ndarray], updates: list[tuple[Mapping[str, np.ndarray], float]], *, fraction: float
+) -> dict[str, np.ndarray]:
+    """``start + Σ_k w_k Δ_k / Σ_k w_k`` over sparse messages ``(arrays_k, w_k)``; unshared = 0.
+
+    Raises
+    ------
+    MalformedUpdate
+        If a message does not decode (:func:`decode`), naming its position in ``updates``.
+    """
+    size = int(sum(np.asarray(a).size for a in start.values()))
+    total, weights = np.zeros(size), 0.0
+    for k, (arrays, weight) in enumerate(updates):
+        try:
+            total += float(weight) * decode(arrays, size=size, limit=num_shared(fraction, size))
+        except ValueError as err:
+            raise MalformedUpdate(k, str(err)) from err
+        weights += float(weight)
+    if not updates or weights <= 0:
+        raise ValueError("no update with positive weight to average")
+    return apply_flat(start, total / weights)
 
 
 def check_sharing_config(strategy_cfg: Mapping, aggregation: str | None) -> None:

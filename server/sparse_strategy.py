@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.sparse_update import apply_flat, decode, num_shared
+from common.sparse_update import MalformedUpdate, average_sparse
 from server.round_tracker import FederationStopped
 
 
@@ -47,20 +47,16 @@ class SparseFedAvg(FedAvg):
         if not valid or self._global is None:
             return None, None
         start = {k: v.numpy() for k, v in self._global.items()}
-        size = int(sum(a.size for a in start.values()))
-        limit = num_shared(self.fraction, size)
-        total, weight_sum = np.zeros(size), 0.0
+        updates, sites = [], []
         for msg in valid:
             metrics = next(iter(msg.content.metric_records.values()))
-            sent = {k: v.numpy() for k, v in next(iter(msg.content.array_records.values())).items()}
-            try:
-                delta = decode(sent, size=size, limit=limit)
-            except ValueError as err:
-                raise FederationStopped(f"site {self.site_of(metrics)} sent a malformed sparse update: {err}") from err
-            weight = float(metrics[self.weighted_by_key])
-            total += weight * delta
-            weight_sum += weight
-        merged = apply_flat(start, total / weight_sum)
+            sent = next(iter(msg.content.array_records.values()))
+            updates.append(({k: v.numpy() for k, v in sent.items()}, float(metrics[self.weighted_by_key])))
+            sites.append(self.site_of(metrics))
+        try:
+            merged = average_sparse(start, updates, fraction=self.fraction)
+        except MalformedUpdate as err:
+            raise FederationStopped(f"site {sites[err.position]} sent a malformed sparse update: {err}") from err
         arrays = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in merged.items()})
         metrics = self.train_metrics_aggr_fn([msg.content for msg in valid], self.weighted_by_key)
         return arrays, metrics
