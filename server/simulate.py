@@ -34,14 +34,26 @@ log = logging.getLogger("privmed")
 
 
 def backend_config(cfg: DictConfig, num_sites: int) -> dict:
-    """Ray resources: CPUs per simulated site, and a GPU share when CUDA is used."""
+    """Ray resources: CPUs per simulated site, a GPU share when CUDA is used, and where Ray runs.
+
+    With ``simulation.ray_address`` set, the simulation attaches to that running Ray cluster
+    (``ray start --head`` plus workers) instead of starting a private one on this machine.
+    """
     gpus = cfg.simulation.num_gpus_per_site
+    address = cfg.simulation.get("ray_address")
     if gpus == "auto":
-        # Ray hides GPUs from actors that reserve none, so CUDA needs a share.
-        gpus = 1.0 / min(num_sites, 4) if cfg.device != "cpu" and torch.cuda.is_available() else 0.0
+        # Ray hides GPUs from actors that reserve none, so CUDA needs a share. On a cluster the
+        # driver cannot see the workers' GPUs: there "auto" means none; set a share explicitly.
+        local_cuda = address is None and cfg.device != "cpu" and torch.cuda.is_available()
+        gpus = 1.0 / min(num_sites, 4) if local_cuda else 0.0
+    # Ray refuses resource sizes (and dashboard settings) when it joins a running cluster: the
+    # cluster's own `ray start` declared them.
+    init_args: dict = {"address": str(address)} if address is not None else {
+        "num_cpus": os.cpu_count() or 1, "include_dashboard": False
+    }
     return {
         "client_resources": {"num_cpus": float(cfg.simulation.num_cpus_per_site), "num_gpus": float(gpus)},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "init_args": init_args,
     }
 
 
