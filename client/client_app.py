@@ -78,13 +78,15 @@ def build_client_app(
             state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
         cached_svt = context.state[SVT_LEDGER_KEY]["json"] if SVT_LEDGER_KEY in context.state else None
+        # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
+        server_round = int(config["server-round"]) + int(config.get("round-offset", 0))
 
         try:
             # strategy=svt: refused before training if the release would exceed the SVT budget.
             svt_ledger = site.sharing.check_budget(state, cached_svt) if site.sharing is not None else None
             outcome = site.train_round(
                 state,
-                server_round=int(config["server-round"]),
+                server_round=server_round,
                 planned_rounds=int(config["num-rounds"]),
                 cached_ledger=cached,
                 frozen_sha256=str(config["frozen-sha256"]),
@@ -96,9 +98,7 @@ def build_client_app(
         if outcome.ledger_json is not None:
             context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
         if not secure and site.sharing is not None:
-            release = site.sharing.release(
-                outcome.state, state, server_round=int(config["server-round"]), ledger=svt_ledger
-            )
+            release = site.sharing.release(outcome.state, state, server_round=server_round, ledger=svt_ledger)
             if release.ledger_json is not None:
                 context.state[SVT_LEDGER_KEY] = ConfigRecord({"json": release.ledger_json})
             arrays = ArrayRecord(array_dict={k: Array(v) for k, v in release.arrays.items()})
