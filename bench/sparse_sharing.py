@@ -33,6 +33,13 @@ VARIANTS = {
     "svt_1e7": ["strategy=svt", "strategy.fraction=0.1", "strategy.svt.epsilon=1e7", "strategy.svt.max_epsilon=1e9"],
 }
 
+# Reader overrides per layout: synthetic CT volumes written as an MSD task or as BraTS case folders
+# (labels 0/2/4, mapped back to background/structure/lesion).
+FORMATS = {
+    "msd": ["task.data.format=msd"],
+    "brats": ["task.data.format=brats", "~task.data.label_map", "+task.data.label_map={0:0,2:1,4:2}"],
+}
+
 
 def run_variant(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     """One federation; returns its per-round Dice, bytes per site and SVT ε."""
@@ -43,6 +50,7 @@ def run_variant(name: str, args: argparse.Namespace, workdir: Path) -> dict:
             f"state_root={workdir / name / 'state'}",
             f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
             "task=segmentation",
+            *FORMATS[args.format],
             f"task.image_size={args.image_size}",
             f"federation.num_rounds={args.rounds}",
             f"training.batch_size={args.batch_size}",
@@ -81,6 +89,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="brats", help="file layout of the synthetic data")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     unknown = set(args.variants.split(",")) - set(VARIANTS)

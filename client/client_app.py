@@ -83,7 +83,7 @@ def build_client_app(
 
         try:
             # strategy=svt: refused before training if the release would exceed the SVT budget.
-            svt_ledger = site.sharing.check_budget(state, cached_svt) if site.sharing is not None else None
+            svt_ledger = site.sharing.check_budget(state, cached_svt, server_round=server_round) if site.sharing is not None else None
             outcome = site.train_round(
                 state,
                 server_round=server_round,

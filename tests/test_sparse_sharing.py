@@ -128,15 +128,22 @@ def test_svt_site_accounts_and_refuses_over_budget(tiny_config):
     sharing = SparseSharing.for_site(cfg.strategy, site_view(cfg, "hospital_a"), seed=cfg.seed)
     cached = None
     for server_round in (1, 2):
-        ledger = sharing.check_budget(received, cached)
+        ledger = sharing.check_budget(received, cached, server_round=server_round)
         release = sharing.release(trained, received, server_round=server_round, ledger=ledger)
         cached = release.ledger_json
         assert release.metrics["eps-svt"] == pytest.approx(100.0 * server_round)
+        # Asked again for the same round on the same global model: the same release, no new ε.
+        again = sharing.release(
+            trained, received, server_round=server_round,
+            ledger=sharing.check_budget(received, cached, server_round=server_round),
+        )
+        assert again.metrics == release.metrics
+        assert all(np.array_equal(again.arrays[k], release.arrays[k]) for k in release.arrays)
         values = release.arrays[VALUES]
         assert 0 < values.size <= np.ceil(0.1 * sum(v.numel() for v in received.values()))
         assert np.all(np.abs(values) <= cfg.strategy.svt.gamma)
     with pytest.raises(PrivacyBudgetExceeded, match="over its budget 250"):
-        sharing.check_budget(received, cached)
+        sharing.check_budget(received, cached, server_round=3)
     # A site's own privacy.svt_max_epsilon wins over the coordinator's strategy.svt.max_epsilon.
     own = tiny_config("model=small_cnn", "strategy=svt", "+federation.sites.hospital_a.privacy.svt_max_epsilon=5")
     assert SparseSharing.for_site(own.strategy, site_view(own, "hospital_a"), seed=own.seed).budget == 5.0
