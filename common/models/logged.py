@@ -80,6 +80,8 @@ def describe_model(cfg: DictConfig, *, metrics: dict[str, float]) -> dict[str, A
             "eps_sample": float(eps) if eps is not None and private else None,
             "delta": float(view.privacy.delta) if private else None,
         }
+        if f"site.{name}.eps_svt" in metrics:  # strategy=svt: the extra pure-ε guarantee on its releases
+            sites[name]["eps_svt"] = float(metrics[f"site.{name}.eps_svt"])
         window = view.data.get("window")
         window = [float(v) for v in window] if window is not None else None
         group = next((g for g in preprocessing if g["settings"]["window"] == window), None)
@@ -109,7 +111,7 @@ def describe_model(cfg: DictConfig, *, metrics: dict[str, float]) -> dict[str, A
 
 
 def model_tags(described: dict[str, Any]) -> dict[str, str]:
-    """Flat ``privmed.*`` tags (privacy, task, input size, ε and δ per site, ε_client) of a model."""
+    """Flat ``privmed.*`` tags (privacy, task, input size, ε and δ per site, SVT ε, ε_client) of a model."""
     tags = {
         f"{TAG_PREFIX}privacy": described["privacy"],
         f"{TAG_PREFIX}task": described["task"],
@@ -119,8 +121,8 @@ def model_tags(described: dict[str, Any]) -> dict[str, str]:
     if eps:
         tags[f"{TAG_PREFIX}eps_sample_max"] = f"{max(eps):.6g}"
     for name, site in described["sites"].items():
-        for key in ("eps_sample", "delta"):
-            if site[key] is not None:
+        for key in ("eps_sample", "delta", "eps_svt"):
+            if site.get(key) is not None:
                 tags[f"{TAG_PREFIX}{key}.{name}"] = f"{site[key]:.6g}"
     for key in ("eps_client", "delta_client"):
         if key in described:
