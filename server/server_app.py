@@ -15,7 +15,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
-from common.federation_config import site_names, validate_config
+from common.federation_config import is_private, site_names, site_views, validate_config
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.run_config import config_from_run_config
 from server.mlflow_sink import MlflowSink
@@ -73,7 +73,11 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
                 eval_timeout=timeout,
             )
         else:
-            strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
+            # Only a federation without any DP site weights by patient counts (README "What leaves a hospital").
+            by_examples = not any(is_private(view.privacy) for view in site_views(cfg).values())
+            strategy, tracker.client_epsilon = build_strategy(
+                cfg.strategy, num_sites=len(sites), tracker=tracker, weight_by_examples=by_examples
+            )
             strategy.start(
                 grid=grid,
                 initial_arrays=ArrayRecord(torch_state_dict=exchanged_state(model)),
