@@ -84,7 +84,8 @@ def build_client_app(
         # A refusal (budget, privacy=none) raises; the sanitising mod turns it into a public error.
         outcome = site.train_round(
             state,
-            server_round=int(config["server-round"]),
+            # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
+            server_round=int(config["server-round"]) + int(config.get("round-offset", 0)),
             planned_rounds=int(config["num-rounds"]),
             cached_ledger=cached,
             frozen_sha256=str(config["frozen-sha256"]),

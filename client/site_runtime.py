@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
+from client.round_store import StoredUpdate, model_sha256, released_update, save_update
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -167,21 +169,32 @@ class SiteRuntime:
         if not is_private(self.view.privacy):
             return self._train_non_private(model, server_round)
         ledger = self.load_ledger(cached_ledger)
-        sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        result = dp_train(
-            model,
-            self.data.train,
-            task=self.task.name,
-            training=self.view.training,
-            ledger=ledger,
-            noise_multiplier=sigma,
-            max_grad_norm=self.view.privacy.max_grad_norm,
-            budget=self.view.privacy.target_epsilon,
-            device=self.device,
-            class_weights=self.class_weights,
-            show_progress=self.show_progress,
+        # Asked again for a round already trained on this global model (a resumed coordinator):
+        # re-send the released update instead of spending budget twice (client/round_store.py).
+        global_sha256 = model_sha256(state)
+        stored = released_update(
+            self.view.state_dir, server_round=server_round, model_sha256=global_sha256, ledger_steps=ledger.steps
         )
-        ledger.save(self.view.state_dir)
+        if stored is not None:
+            print(f"site {self.site}: round {server_round} was already trained on this global model; "
+                  "re-sending the stored update (no new privacy cost)", file=sys.stderr, flush=True)
+            return TrainOutcome(state=stored.state, metrics=stored.metrics, ledger_json=ledger.to_json())
+        sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
+        with warnings.catch_warnings():
+            _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
+            result = dp_train(
+                model,
+                self.data.train,
+                task=self.task.name,
+                training=self.view.training,
+                ledger=ledger,
+                noise_multiplier=sigma,
+                max_grad_norm=self.view.privacy.max_grad_norm,
+                budget=self.view.privacy.target_epsilon,
+                device=self.device,
+                class_weights=self.class_weights,
+                show_progress=self.show_progress,
+            )
         self._log_training(server_round, result.mean_loss, result.num_examples)
         q, _ = self.steps_per_round()
         # What leaves the site (common/privacy/release_inventory.py): DP-SGD's weights and public
@@ -196,6 +209,12 @@ class SiteRuntime:
             "noise-multiplier": sigma,
             "sample-rate": q,
         }
+        # The update first, then the ledger that accounts it (invariant in client/round_store.py).
+        save_update(
+            self.view.state_dir,
+            StoredUpdate(server_round, global_sha256, result.state, metrics, ledger_steps=ledger.steps),
+        )
+        ledger.save(self.view.state_dir)
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
 
     def _seed_round(self, server_round: int) -> None:
@@ -254,6 +273,18 @@ class SiteRuntime:
         metrics["site-index"] = float(self.index)
         metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
+
+
+def _quiet_library_warnings(*, os_seeded: bool) -> None:
+    """Silence, inside a ``warnings.catch_warnings()`` block, warnings that tell a site's operator nothing."""
+    if os_seeded:
+        # Opacus asks for secure_mode, which needs torchcsprng (no build for torch 2.14); the noise
+        # seed already comes from the OS, so nobody holding the config can regenerate the noise
+        # (README "Noise nobody else can regenerate"). Kept for reproducible_noise=true runs.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+    # Opacus' per-sample hooks need only the output gradient; torch warns that the first layer's
+    # full backward hook fires without an input gradient (the images need none): expected, harmless.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
 @lru_cache(maxsize=4)

@@ -44,18 +44,35 @@ class RoundTracker:
         Receives per-site params once and every round's metrics.
     client_epsilon : callable or None
         Returns cumulative client-level ε when client-level DP is on.
+    round_offset : int
+        Rounds completed before this coordinator started (resume): Flower counts from 1 again.
+    on_round_end : callable or None
+        Called with (round, global arrays) once a round is logged: the coordinator's checkpoint.
     """
 
     sites: list[str]
     metric: str
     sink: RoundSink
     client_epsilon: Callable[[], float] | None = None
+    round_offset: int = 0
+    on_round_end: Callable[[int, ArrayRecord], None] | None = None
     rows: list[dict[str, float]] = field(default_factory=list)
     latest_arrays: ArrayRecord | None = None
     _train: dict[str, dict[str, float]] = field(default_factory=dict)
     _eval: dict[str, float] = field(default_factory=dict)
     _eps_sample: dict[str, float] = field(default_factory=dict)
     _site_params_logged: set[str] = field(default_factory=set)
+
+    @property
+    def eps_sample(self) -> dict[str, float]:
+        """Each site's latest reported sample-level ε."""
+        return dict(self._eps_sample)
+
+    def resume(self, *, completed_rounds: int, rows: list[dict[str, float]], eps_sample: dict[str, float]) -> None:
+        """Continue a federation after ``completed_rounds``: its earlier rows and each site's latest ε."""
+        self.round_offset = completed_rounds
+        self.rows = [dict(r) for r in rows]
+        self._eps_sample = dict(eps_sample)
 
     # -- Flower callbacks --------------------------------------------------------------
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -111,6 +128,7 @@ class RoundTracker:
         self.latest_arrays = arrays
         if server_round == 0:  # called once before training starts
             return None
+        server_round += self.round_offset
         row: dict[str, float] = {"round": float(server_round), **self._eval}
         # Every site whose update reached the aggregate (after dropouts and refusals).
         row.update(
@@ -129,6 +147,8 @@ class RoundTracker:
         self.sink.log_round(server_round, {k: v for k, v in row.items() if k != "round" and not math.isnan(v)})
         trained = len(self._train)
         self._train, self._eval = {}, {}
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, arrays)
         if trained == 0:
             raise FederationStopped(
                 f"no site trained in round {server_round} (all refused or failed; see the site errors above)"
