@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
@@ -21,6 +21,7 @@ from common.federation_config import ConfigError, site_names
 from common.run_config import config_from_run_config
 
 LEDGER_KEY = "privacy-ledger"
+SVT_LEDGER_KEY = "svt-ledger"
 
 
 def site_for_node(cfg: DictConfig, node_config: dict) -> str:
@@ -80,18 +81,29 @@ def build_client_app(
         else:
             state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
+        cached_svt = context.state[SVT_LEDGER_KEY]["json"] if SVT_LEDGER_KEY in context.state else None
+        # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
+        server_round = int(config["server-round"]) + int(config.get("round-offset", 0))
 
-        # A refusal (budget, privacy=none) raises; the sanitising mod turns it into a public error.
+        # A refusal (budget, SVT budget, privacy=none) raises; the sanitising mod turns it into a public error.
+        # strategy=svt: refused before training if the release would exceed the SVT budget.
+        svt_ledger = site.sharing.check_budget(state, cached_svt, server_round=server_round) if site.sharing is not None else None
         outcome = site.train_round(
             state,
-            # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
-            server_round=int(config["server-round"]) + int(config.get("round-offset", 0)),
+            server_round=server_round,
             planned_rounds=int(config["num-rounds"]),
             cached_ledger=cached,
             frozen_sha256=str(config["frozen-sha256"]),
         )
         if outcome.ledger_json is not None:
             context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
+        if not secure and site.sharing is not None:
+            release = site.sharing.release(outcome.state, state, server_round=server_round, ledger=svt_ledger)
+            if release.ledger_json is not None:
+                context.state[SVT_LEDGER_KEY] = ConfigRecord({"json": release.ledger_json})
+            arrays = ArrayRecord(array_dict={k: Array(v) for k, v in release.arrays.items()})
+            content = RecordDict({"arrays": arrays, "metrics": MetricRecord({**outcome.metrics, **release.metrics})})
+            return Message(content=content, reply_to=msg)
         if not secure:
             content = RecordDict(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}

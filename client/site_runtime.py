@@ -22,6 +22,7 @@ from torch import nn
 
 from client.evaluate import evaluate
 from client.round_store import StoredUpdate, model_sha256, released_update, save_update
+from client.sparse_sharing import SparseSharing
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -66,6 +67,8 @@ class SiteRuntime:
         self.show_progress = bool(cfg.simulation.show_progress)
         weights = self.task.get("class_weights")
         self.class_weights = None if weights is None else [float(w) for w in weights]
+        # strategy=partial_sharing|svt: what of the update leaves the site (None: all of it).
+        self.sharing = SparseSharing.for_site(cfg.strategy, self.view, seed=self.seed)
 
     @property
     def data(self) -> SiteData:

@@ -116,6 +116,33 @@ def _metric_releases(message: Reply, record: str) -> list[Release]:
 
 INVENTORY: tuple[Release, ...] = (
     # -- train reply, aggregation=plain (Flower Message API) ------------------------------
+    # strategy=partial_sharing|svt: a share of the update's coordinates instead of the weights.
+    Release(
+        Reply.TRAIN,
+        "arrays/values",
+        "partial_sharing|svt: the shared coordinates of the update Δ after DP-SGD (svt: chosen and noised "
+        "by SVT, which adds a site-level ε_svt on top)",
+        Status.SAMPLE_DP,
+    ),
+    Release(
+        Reply.TRAIN,
+        "arrays/indices",
+        "partial_sharing|svt: positions of the shared coordinates (largest |Δ|, or SVT's choice), a function of Δ",
+        Status.SAMPLE_DP,
+    ),
+    Release(Reply.TRAIN, "arrays/mask", "partial_sharing|svt: the same positions as a bit mask", Status.SAMPLE_DP),
+    Release(
+        Reply.TRAIN,
+        "metrics/shared-coordinates",
+        "partial_sharing|svt: how many coordinates were shared (the length of `indices`)",
+        Status.SAMPLE_DP,
+    ),
+    Release(
+        Reply.TRAIN,
+        "metrics/eps-svt",
+        "svt: the site's cumulative SVT ε, a function of the config and the model size; public accounting",
+        Status.PUBLIC,
+    ),
     Release(
         Reply.TRAIN,
         "arrays/<exchanged tensor>",
