@@ -240,7 +240,8 @@ def inventory_markdown() -> str:
     """README "What leaves a hospital": one table row per declared key, then what each status means."""
     lines = ["| message | key | computed from | status |", "|---|---|---|---|"]
     for r in INVENTORY:
-        lines.append(f"| {r.message.value} | `{r.key}` | {r.computed_from} | {r.status.value} |")
+        text = r.computed_from.replace("|", "\\|")  # a bar inside a cell would split it
+        lines.append(f"| {r.message.value} | `{r.key}` | {text} | {r.status.value} |")
     lines += ["", "Statuses:", ""]
     lines += [f"- **{s.value}**: {STATUS_MEANING[s]}." for s in Status]
     return "\n".join(lines)
