@@ -30,6 +30,7 @@ VARIANTS = {
     "partial_10": ["strategy=partial_sharing", "strategy.fraction=0.1"],
     "partial_40": ["strategy=partial_sharing", "strategy.fraction=0.4"],
     "svt_1e5": ["strategy=svt", "strategy.fraction=0.1", "strategy.svt.epsilon=1e5", "strategy.svt.max_epsilon=1e9"],
+    "svt_1e6": ["strategy=svt", "strategy.fraction=0.1", "strategy.svt.epsilon=1e6", "strategy.svt.max_epsilon=1e9"],
     "svt_1e7": ["strategy=svt", "strategy.fraction=0.1", "strategy.svt.epsilon=1e7", "strategy.svt.max_epsilon=1e9"],
 }
 
@@ -50,6 +51,7 @@ def run_variant(name: str, args: argparse.Namespace, workdir: Path) -> dict:
             f"state_root={workdir / name / 'state'}",
             f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
             "task=segmentation",
+            "aggregation=plain",  # sparse sharing runs on plain aggregation only (SecAgg+ is the default)
             *FORMATS[args.format],
             f"task.image_size={args.image_size}",
             f"federation.num_rounds={args.rounds}",
@@ -82,7 +84,10 @@ def run_variant(name: str, args: argparse.Namespace, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="fedavg,partial_10,partial_40,svt_1e5,svt_1e7",
+        help=f"comma-separated, from {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-train", type=int, default=100, help="training patients per site (3 sites)")
     parser.add_argument("--num-test", type=int, default=40)

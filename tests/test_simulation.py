@@ -136,7 +136,7 @@ def test_multirun_sweep_makes_child_runs_under_one_parent(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'sweep.db'}")
     cmd = [
         sys.executable, "-m", "server.simulate", "-m", "privacy.noise_multiplier=1.5,2.0",
-        "federation.num_rounds=1", "training.batch_size=16", "simulation.show_progress=false",
+        "federation.num_rounds=1", "training.batch_size=16", "simulation.show_progress=false", "aggregation=plain",
         *[f"federation.sites.hospital_{s}.data.num_train=64" for s in "abc"],
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
