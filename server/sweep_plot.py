@@ -7,6 +7,7 @@ Rows come from :func:`server.sweep_report.collect`: one per child run, with its 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -54,9 +55,15 @@ def reference(rows: pd.DataFrame, references: pd.DataFrame, *, metric: str) -> p
 
 
 def write_plot(
-    rows: pd.DataFrame, references: pd.DataFrame, out_dir: Path, *, metric: str, seed_swept: bool, title: str
+    rows: pd.DataFrame, references: pd.DataFrame, out_dir: Path, *, metric: str, swept: Sequence[str], title: str
 ) -> Path:
-    """Final metric against sample-level ε (and client-level ε where present)."""
+    """Final metric against sample-level ε (and client-level ε where present).
+
+    Points are joined by a line when the sweep varies one setting (besides the seed); a search
+    over several settings (e.g. ``hparams_search``) is drawn as a scatter.
+    """
+    seed_swept = SEED_PARAM in swept
+    joined = len([k for k in swept if k != SEED_PARAM]) == 1
     axes_wanted = [(col, label) for col, label in EPS_AXES if col == "eps_sample_max" or rows[col].notna().any()]
     fig, axes = plt.subplots(1, len(axes_wanted), figsize=(6.5 * len(axes_wanted), 4.5), squeeze=False)
     ref = reference(rows, references, metric=metric)
@@ -65,7 +72,7 @@ def write_plot(
         spread = " (mean ± std over seeds)" if seed_swept else ""
         if not pts.empty:
             ax.errorbar(pts["eps"], pts["mean"], yerr=pts["std"] if seed_swept else None, marker="o",
-                        capsize=4, linestyle="-" if pts["setting"].nunique() == len(pts) else "none",
+                        capsize=4, linestyle="-" if joined else "none",
                         label=f"DP-SGD runs{spread}")
             if len(pts) <= MAX_LABELS:
                 for _, p in pts.iterrows():

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from server.mlflow_sink import PRIVACY_TAG, SWEEP_TAG
-from server.sweep_plot import SEED_PARAM, write_csv, write_html, write_plot
+from server.sweep_plot import write_csv, write_html, write_plot
 
 REPORT_DIR = "report"
 PARENT_TAG = "mlflow.parentRunId"
@@ -176,9 +176,8 @@ def build_report(
     report = collect(client, parent_run_id, references=references)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_swept = SEED_PARAM in report.swept
     files = [
-        write_plot(report.rows, report.references, out, metric=report.metric, seed_swept=seed_swept, title=_title(report)),
+        write_plot(report.rows, report.references, out, metric=report.metric, swept=report.swept, title=_title(report)),
         write_csv(report.rows, out),
         write_html(report.rows, report.references, out, metric=report.metric, title=_title(report)),
     ]
