@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
@@ -21,6 +21,7 @@ from common.privacy import PrivacyBudgetExceeded
 from common.run_config import config_from_run_config
 
 LEDGER_KEY = "privacy-ledger"
+SVT_LEDGER_KEY = "svt-ledger"
 # Error code a site uses to refuse a round that would exceed its privacy budget.
 BUDGET_REFUSED = 4001
 # Error code for an update that cannot be aggregated securely (NaN, outside the SecAgg+ range).
@@ -76,12 +77,16 @@ def build_client_app(
         else:
             state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
+        cached_svt = context.state[SVT_LEDGER_KEY]["json"] if SVT_LEDGER_KEY in context.state else None
+        # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
+        server_round = int(config["server-round"]) + int(config.get("round-offset", 0))
 
         try:
+            # strategy=svt: refused before training if the release would exceed the SVT budget.
+            svt_ledger = site.sharing.check_budget(state, cached_svt, server_round=server_round) if site.sharing is not None else None
             outcome = site.train_round(
                 state,
-                # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
-                server_round=int(config["server-round"]) + int(config.get("round-offset", 0)),
+                server_round=server_round,
                 planned_rounds=int(config["num-rounds"]),
                 cached_ledger=cached,
                 frozen_sha256=str(config["frozen-sha256"]),
@@ -92,6 +97,13 @@ def build_client_app(
             return Message(error=Error(code=NON_PRIVATE_REFUSED, reason=str(err)), reply_to=msg)
         if outcome.ledger_json is not None:
             context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
+        if not secure and site.sharing is not None:
+            release = site.sharing.release(outcome.state, state, server_round=server_round, ledger=svt_ledger)
+            if release.ledger_json is not None:
+                context.state[SVT_LEDGER_KEY] = ConfigRecord({"json": release.ledger_json})
+            arrays = ArrayRecord(array_dict={k: Array(v) for k, v in release.arrays.items()})
+            content = RecordDict({"arrays": arrays, "metrics": MetricRecord({**outcome.metrics, **release.metrics})})
+            return Message(content=content, reply_to=msg)
         if not secure:
             content = RecordDict(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}

@@ -22,6 +22,7 @@ from torch import nn
 
 from client.evaluate import evaluate
 from client.round_store import StoredUpdate, model_sha256, released_update, save_update
+from client.sparse_sharing import SparseSharing
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -66,6 +67,8 @@ class SiteRuntime:
         self.show_progress = bool(cfg.simulation.show_progress)
         weights = self.task.get("class_weights")
         self.class_weights = None if weights is None else [float(w) for w in weights]
+        # strategy=partial_sharing|svt: what of the update leaves the site (None: all of it).
+        self.sharing = SparseSharing.for_site(cfg.strategy, self.view, seed=self.seed)
 
     @property
     def data(self) -> SiteData:
@@ -273,7 +276,10 @@ def _quiet_library_warnings(*, os_seeded: bool) -> None:
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
-@lru_cache(maxsize=4)
+# One entry per site a process serves: a deployed SuperNode serves one site, a simulation actor
+# serves its share of all sites (1000 small sites: a few MB). A smaller cache made every message
+# of a large federation rebuild its site's data (bench/scale.py).
+@lru_cache(maxsize=4096)
 def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
     data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a

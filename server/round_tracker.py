@@ -62,6 +62,8 @@ class RoundTracker:
     _eval: dict[str, float] = field(default_factory=dict)
     _train_loss: float = float("nan")
     _eps_sample: dict[str, float] = field(default_factory=dict)
+    _eps_svt: dict[str, float] = field(default_factory=dict)
+    _bytes: dict[str, float] = field(default_factory=dict)
     _site_params_logged: set[str] = field(default_factory=set)
 
     @property
@@ -78,8 +80,11 @@ class RoundTracker:
     # -- Flower callbacks --------------------------------------------------------------
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Flower callback (plain aggregation): reject non-finite updates, then record the round."""
+        self._bytes = {}
         for record in records:
             site = self.sites[int(_metrics_of(record)["site-index"])]
+            # What the site's update cost on the wire (serialized arrays, as received).
+            self._bytes[site] = float(sum(len(a.data) for r in record.array_records.values() for a in r.values()))
             for array_record in record.array_records.values():
                 for key, array in array_record.items():
                     values = array.numpy()
@@ -98,6 +103,8 @@ class RoundTracker:
             self._train[site] = {k: float(v) for k, v in metrics.items()}
             if "eps-sample" in metrics:  # absent from non-private (privacy=none) replies
                 self._eps_sample[site] = float(metrics["eps-sample"])
+            if "eps-svt" in metrics:  # strategy=svt: cumulative SVT ε of the site's released updates
+                self._eps_svt[site] = float(metrics["eps-svt"])
         params = {}
         for site, m in self._train.items():
             if site not in self._site_params_logged and "noise-multiplier" in m:
@@ -137,6 +144,12 @@ class RoundTracker:
             if "eps-sample" in m:
                 row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
             row[f"site.{site}.steps"] = float(m["steps"])
+            if "eps-svt" in m:
+                row[f"site.{site}.eps_svt"] = float(m["eps-svt"])
+        if self._eps_svt:
+            row["eps_svt"] = max(self._eps_svt.values())
+        if self._bytes:
+            row["bytes_per_site"] = sum(self._bytes.values()) / len(self._bytes)
         if self._eps_sample:
             row["eps_sample_max"] = max(self._eps_sample.values())
         if self.client_epsilon is not None:
@@ -144,7 +157,7 @@ class RoundTracker:
         self.rows.append(row)
         self.sink.log_round(server_round, {k: v for k, v in row.items() if k != "round" and not math.isnan(v)})
         trained = len(self._train)
-        self._train, self._eval = {}, {}
+        self._train, self._eval, self._bytes = {}, {}, {}
         if self.on_round_end is not None:
             self.on_round_end(server_round, arrays)
         if trained == 0:

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from common.secagg_params import client_clip_norm, secagg_params
+from common.sparse_update import SPARSE_STRATEGIES
 from server.client_privacy import AccountedAdaptiveClipping, client_accountant
 from server.round_tracker import RoundTracker
 from server.secure_aggregation import SecureDpFedAvg
+from server.sparse_strategy import SparseFedAvg
 
-STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive")
+STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive", *SPARSE_STRATEGIES)
 
 
 def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTracker) -> tuple[Strategy, Callable[[], float] | None]:
@@ -32,7 +34,14 @@ def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTr
     if strategy_cfg.name not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy_cfg.name!r}; valid: {', '.join(STRATEGIES)}")
     dp = strategy_cfg.client_dp
-    base = FedAvg(
+    # Sparse strategies: sites send the shared coordinates of their update, not weights.
+    sparse = (
+        {"fraction": float(strategy_cfg.fraction), "site_of": lambda m: tracker.sites[int(m["site-index"])]}
+        if strategy_cfg.name in SPARSE_STRATEGIES
+        else {}
+    )
+    base = (SparseFedAvg if sparse else FedAvg)(
+        **sparse,
         fraction_train=strategy_cfg.fraction_train,
         fraction_evaluate=strategy_cfg.fraction_evaluate,
         min_train_nodes=num_sites if dp is not None else 2,
