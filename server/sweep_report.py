@@ -44,7 +44,7 @@ class SweepReport:
 
     ``rows`` has one row per child run: ``run_id``, ``status``, ``privacy`` (dp | none),
     ``setting`` (the swept overrides as one string), one column per swept param, the final
-    metric (named after it), ``eps_sample_max``, ``eps_client``, ``delta``, ``rounds`` and
+    metric (named after it), ``eps_sample_max``, ``eps_client``, ``eps_svt``, ``delta``, ``rounds`` and
     ``wall_time_s``. ``references`` has the same columns for non-private runs given by id.
     """
 
@@ -136,6 +136,8 @@ def run_row(client: MlflowClient, run: Run, *, metric: str, swept: Sequence[str]
         metric: history[-1][2] if history else math.nan,
         "eps_sample_max": metrics.get("eps_sample_max", math.nan),
         "eps_client": metrics.get("eps_client", math.nan),
+        # strategy=svt: the sites' sparse-selection ε (max over sites), spent on top of eps_sample_max.
+        "eps_svt": metrics.get("eps_svt", math.nan),
         "delta": float(params["privacy.delta"]) if row["privacy"] == "dp" and "privacy.delta" in params else math.nan,
         # Rounds completed: a run stopped by its privacy budget has fewer than planned.
         "rounds": history[-1][0] if history else 0,
