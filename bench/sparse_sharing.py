@@ -51,6 +51,7 @@ def run_variant(name: str, args: argparse.Namespace, workdir: Path) -> dict:
             f"state_root={workdir / name / 'state'}",
             f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
             "task=segmentation",
+            "aggregation=plain",  # sparse sharing runs on plain aggregation only (SecAgg+ is the default)
             *FORMATS[args.format],
             f"task.image_size={args.image_size}",
             f"federation.num_rounds={args.rounds}",

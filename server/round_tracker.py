@@ -60,7 +60,6 @@ class RoundTracker:
     latest_arrays: ArrayRecord | None = None
     _train: dict[str, dict[str, float]] = field(default_factory=dict)
     _eval: dict[str, float] = field(default_factory=dict)
-    _train_loss: float = float("nan")
     _eps_sample: dict[str, float] = field(default_factory=dict)
     _eps_svt: dict[str, float] = field(default_factory=dict)
     _bytes: dict[str, float] = field(default_factory=dict)
@@ -113,11 +112,15 @@ class RoundTracker:
                 self._site_params_logged.add(site)
         if params:
             self.sink.log_site_params(params)
-        self._train_loss = _weighted([(m["train-loss"], m["num-examples"]) for m in self._train.values()])
-        return MetricRecord({"train_loss": self._train_loss, "sites_trained": float(len(self._train))})
+        # No training loss: sites keep it (computed from training patients without DP).
+        return MetricRecord({"sites_trained": float(len(self._train))})
 
     def aggregate_evaluate_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
-        """Example-weighted averages of every evaluation metric (NaN from one-class sites skipped)."""
+        """Test-example-weighted averages of every evaluation metric (NaN from one-class sites skipped).
+
+        Evaluation replies are computed on each site's held-out test patients only (not DP):
+        ``num-examples`` there is the size of the test set.
+        """
         per_site = [_metrics_of(r) for r in records]
         keys = sorted({k for m in per_site for k in m} - {"num-examples", "site-index", "uniform-weight"})
         self._eval = {k: _weighted([(m[k], m["num-examples"]) for m in per_site if k in m]) for k in keys}
@@ -136,7 +139,6 @@ class RoundTracker:
         row: dict[str, float] = {"round": float(server_round), **self._eval}
         # Every site whose update reached the aggregate (after dropouts and refusals).
         row.update(
-            train_loss=self._train_loss if self._train else float("nan"),
             sites_trained=float(len(self._train)),
             sites_aggregated=float(len(self._train)),
         )

@@ -16,7 +16,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from common.federation_config import ConfigError, site_names, validate_config
+from common.federation_config import ConfigError, is_private, site_names, site_views, validate_config
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.run_config import config_from_run_config, tracking_uri
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -115,7 +115,11 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
                 eval_timeout=timeout,
             )
         else:
-            strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
+            # Only a federation without any DP site weights by patient counts (README "What leaves a hospital").
+            by_examples = not any(is_private(view.privacy) for view in site_views(cfg).values())
+            strategy, tracker.client_epsilon = build_strategy(
+                cfg.strategy, num_sites=len(sites), tracker=tracker, weight_by_examples=by_examples
+            )
             continue_from(strategy, resumed)
             strategy.start(
                 grid=grid,

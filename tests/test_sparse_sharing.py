@@ -95,7 +95,7 @@ def test_flat_delta_and_apply_flat_invert():
 
 
 def _reply(arrays: dict[str, np.ndarray], index: int) -> RecordDict:
-    metrics = {"site-index": float(index), "train-loss": 0.1, "num-examples": 10.0, "steps": 4.0}
+    metrics = {"site-index": float(index), "uniform-weight": 1.0, "steps": 4.0}
     return RecordDict({"arrays": ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()}),
                        "metrics": MetricRecord(metrics)})
 
@@ -113,7 +113,7 @@ def test_bytes_per_site_partial_sharing_is_about_a_tenth_of_fedavg(tiny_config):
     bytes_per_site = {}
     for name, arrays in [("fedavg", {k: v.numpy() for k, v in trained.items()}), ("partial", release.arrays)]:
         tracker = RoundTracker(sites=["hospital_a", "hospital_b"], metric="dice", sink=ListSink())
-        tracker.aggregate_train_metrics([_reply(arrays, 0), _reply(arrays, 1)], "num-examples")
+        tracker.aggregate_train_metrics([_reply(arrays, 0), _reply(arrays, 1)], "uniform-weight")
         tracker.end_round(1, ArrayRecord())
         bytes_per_site[name] = tracker.rows[-1]["bytes_per_site"]
     ratio = bytes_per_site["partial"] / bytes_per_site["fedavg"]
