@@ -36,6 +36,8 @@ class FederationReport:
     stop_reason: str | None = None
     run_id: str | None = None
     tracking_uri: str | None = None
+    # The final global model's exchanged weights (what every site received last); None if no round ran.
+    final_state: dict | None = None
 
 
 def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str | None = None) -> FederationReport:
@@ -91,6 +93,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
         raise
     finally:
         report.rows = tracker.rows
+        if tracker.latest_arrays is not None:
+            report.final_state = tracker.latest_arrays.to_torch_state_dict()
         text = print_summary(tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason)
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = [Path(tmp) / "summary.txt"]
