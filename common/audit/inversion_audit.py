@@ -18,6 +18,7 @@ logs it (``privmed-audit`` logs to the MLflow server it is pointed at).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from common.audit.site_update import observed_update
 from common.losses import task_loss
 from common.models import initial_model
 from common.privacy import SiteAccountant
+
+log = logging.getLogger(__name__)
 
 SETTINGS = ("none", "dp")
 
@@ -186,6 +189,9 @@ def run_inversion_audit(cfg: DictConfig, *, progress: bool = True) -> InversionR
                     reconstructions=rec,
                 )
             )
+            c = report.cases[-1]
+            log.info("inversion %s batch %d %s: re-id %.3f, PSNR %.2f dB, SSIM %.3f (chance %.4f, prior %.2f dB)",
+                     trainable, batch, setting, c.reid, c.psnr, c.ssim, report.chance, report.prior_psnr)
     bar.close()
     return report
 
