@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
+from client.round_store import StoredUpdate, model_sha256, released_update, save_update
+from client.sparse_sharing import SparseSharing
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -64,6 +67,8 @@ class SiteRuntime:
         self.show_progress = bool(cfg.simulation.show_progress)
         weights = self.task.get("class_weights")
         self.class_weights = None if weights is None else [float(w) for w in weights]
+        # strategy=partial_sharing|svt: what of the update leaves the site (None: all of it).
+        self.sharing = SparseSharing.for_site(cfg.strategy, self.view, seed=self.seed)
 
     @property
     def data(self) -> SiteData:
@@ -165,35 +170,54 @@ class SiteRuntime:
         model = self.model_from(state, frozen_sha256)
         self._seed_round(server_round)
         if not is_private(self.view.privacy):
-            return self._train_non_private(model)
+            return self._train_non_private(model, server_round)
         ledger = self.load_ledger(cached_ledger)
-        sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        result = dp_train(
-            model,
-            self.data.train,
-            task=self.task.name,
-            training=self.view.training,
-            ledger=ledger,
-            noise_multiplier=sigma,
-            max_grad_norm=self.view.privacy.max_grad_norm,
-            budget=self.view.privacy.target_epsilon,
-            device=self.device,
-            class_weights=self.class_weights,
-            show_progress=self.show_progress,
+        # Asked again for a round already trained on this global model (a resumed coordinator):
+        # re-send the released update instead of spending budget twice (client/round_store.py).
+        global_sha256 = model_sha256(state)
+        stored = released_update(
+            self.view.state_dir, server_round=server_round, model_sha256=global_sha256, ledger_steps=ledger.steps
         )
-        ledger.save(self.view.state_dir)
+        if stored is not None:
+            print(f"site {self.site}: round {server_round} was already trained on this global model; "
+                  "re-sending the stored update (no new privacy cost)", file=sys.stderr, flush=True)
+            return TrainOutcome(state=stored.state, metrics=stored.metrics, ledger_json=ledger.to_json())
+        sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
+        with warnings.catch_warnings():
+            _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
+            result = dp_train(
+                model,
+                self.data.train,
+                task=self.task.name,
+                training=self.view.training,
+                ledger=ledger,
+                noise_multiplier=sigma,
+                max_grad_norm=self.view.privacy.max_grad_norm,
+                budget=self.view.privacy.target_epsilon,
+                device=self.device,
+                class_weights=self.class_weights,
+                show_progress=self.show_progress,
+            )
+        self._log_training(server_round, result.mean_loss, result.num_examples)
         q, _ = self.steps_per_round()
+        # What leaves the site (common/privacy/release_inventory.py): DP-SGD's weights and public
+        # accounting. No training loss and no patient count: neither is covered by the site's ε.
         metrics = {
-            "num-examples": float(result.num_examples),
-            # DP-FedAvg accounting needs equal weights: one site, one vote.
+            # One site, one vote: DP-FedAvg accounting needs equal weights, and a count of training
+            # patients would leave the site without DP.
             "uniform-weight": 1.0,
             "site-index": float(self.index),
-            "train-loss": result.mean_loss,
             "eps-sample": result.epsilon,
             "steps": float(ledger.steps),
             "noise-multiplier": sigma,
             "sample-rate": q,
         }
+        # The update first, then the ledger that accounts it (invariant in client/round_store.py).
+        save_update(
+            self.view.state_dir,
+            StoredUpdate(server_round, global_sha256, result.state, metrics, ledger_steps=ledger.steps),
+        )
+        ledger.save(self.view.state_dir)
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
 
     def _seed_round(self, server_round: int) -> None:
@@ -204,7 +228,18 @@ class SiteRuntime:
         else:
             torch.manual_seed(secrets.randbits(63))
 
-    def _train_non_private(self, model: nn.Module) -> TrainOutcome:
+    def _log_training(self, server_round: int, mean_loss: float, num_examples: int) -> None:
+        # The training loss is computed from training patients without DP: it stays in the site's log.
+        line = (
+            f"site {self.site}: round {server_round} mean training loss {mean_loss:.4f} "
+            f"over {num_examples} training examples (kept at this site)"
+        )
+        if self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            log.info(line)
+
+    def _train_non_private(self, model: nn.Module, server_round: int) -> TrainOutcome:
         """``privacy=none``: the reference round without DP; refused on real files unless allowed."""
         # The site's own check: in a deployment the coordinator chose privacy=none, not the hospital.
         check_non_private_allowed(self.view)
@@ -218,11 +253,12 @@ class SiteRuntime:
             show_progress=self.show_progress,
             site=self.site,
         )
+        self._log_training(server_round, result.mean_loss, result.num_examples)
         metrics = {
+            # Without DP nothing protects the patients anyway; plain FedAvg weights by this count.
             "num-examples": float(result.num_examples),
             "uniform-weight": 1.0,
             "site-index": float(self.index),
-            "train-loss": result.mean_loss,
             "steps": float(result.steps),
         }
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=None)
@@ -242,7 +278,22 @@ class SiteRuntime:
         return metrics
 
 
-@lru_cache(maxsize=4)
+def _quiet_library_warnings(*, os_seeded: bool) -> None:
+    """Silence, inside a ``warnings.catch_warnings()`` block, warnings that tell a site's operator nothing."""
+    if os_seeded:
+        # Opacus asks for secure_mode, which needs torchcsprng (no build for torch 2.14); the noise
+        # seed already comes from the OS, so nobody holding the config can regenerate the noise
+        # (README "Noise nobody else can regenerate"). Kept for reproducible_noise=true runs.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+    # Opacus' per-sample hooks need only the output gradient; torch warns that the first layer's
+    # full backward hook fires without an input gradient (the images need none): expected, harmless.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+
+# One entry per site a process serves: a deployed SuperNode serves one site, a simulation actor
+# serves its share of all sites (1000 small sites: a few MB). A smaller cache made every message
+# of a large federation rebuild its site's data (bench/scale.py).
+@lru_cache(maxsize=4096)
 def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
     data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a

@@ -7,8 +7,6 @@ thread, where MLflow's fluent "active run" would not be visible.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from common.models.factory import build_model
+from common.models.logged import describe_model, log_trained_model
 from common.run_config import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,29 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of MLflow experiment ``name``, created when missing."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def sweep_parent_run(client: MlflowClient, experiment_id: str, sweep: str, *, create: bool = True) -> str | None:
+    """The parent run of sweep ``sweep`` (tag ``privmed.sweep``), created when missing and ``create``.
+
+    A multirun creates it before its jobs start (``server.sweep_callback``), so jobs running in
+    parallel all find the same parent instead of each creating one.
+    """
+    query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`privmed.role` = 'parent'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    if not create:
+        return None
+    parent = client.create_run(experiment_id, run_name=f"sweep {sweep}", tags={SWEEP_TAG: sweep, "privmed.role": "parent"})
+    client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return parent.info.run_id
+
+
 class MlflowSink:
     """One MLflow run: config as params and YAML, round metrics, final model and plots.
 
@@ -55,16 +78,20 @@ class MlflowSink:
     """
 
     def __init__(self, cfg: DictConfig, *, sweep: str | None = None) -> None:
+        self.cfg = cfg
         self.uri = tracking_uri(cfg.mlflow)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        experiment = self.client.get_experiment_by_name(cfg.mlflow.experiment_name)
-        self.experiment_id = (
-            experiment.experiment_id if experiment else self.client.create_experiment(cfg.mlflow.experiment_name)
-        )
+        self.experiment_id = experiment_id(self.client, cfg.mlflow.experiment_name)
+        if cfg.get("resume"):
+            # A resumed federation continues its own run: params were logged when it started.
+            self.run_id = str(cfg.resume)
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            log.info("MLflow run %s at %s (resumed)", self.run_id, self.uri)
+            return
         tags = {PRIVACY_TAG: "dp" if cfg.privacy.get("enabled", True) else "none"}
         if sweep:
-            tags["mlflow.parentRunId"] = self._parent_run(sweep)
+            tags["mlflow.parentRunId"] = sweep_parent_run(self.client, self.experiment_id, sweep)
             tags[SWEEP_TAG] = sweep
         run = self.client.create_run(self.experiment_id, run_name=cfg.mlflow.run_name, tags=tags)
         self.run_id = run.info.run_id
@@ -72,17 +99,6 @@ class MlflowSink:
         self._log_params(flatten(container))
         self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved_config.yaml")
         log.info("MLflow run %s at %s", self.run_id, self.uri)
-
-    def _parent_run(self, sweep: str) -> str:
-        query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`privmed.role` = 'parent'"
-        found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
-        if found:
-            return found[0].info.run_id
-        parent = self.client.create_run(
-            self.experiment_id, run_name=f"sweep {sweep}", tags={SWEEP_TAG: sweep, "privmed.role": "parent"}
-        )
-        self.client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
-        return parent.info.run_id
 
     def _log_params(self, params: dict[str, str]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -109,14 +125,32 @@ class MlflowSink:
         status: str,
         stop_reason: str | None,
     ) -> None:
-        """Log the final global model, plots and summary, then close the run with ``status``."""
+        """Log the final global model (an MLflow Model), plots and summary, then close the run with ``status``.
+
+        The run is closed even when logging the model fails: as FAILED, and the error propagates
+        unless the run had already failed.
+        """
         if stop_reason:
             self.client.set_tag(self.run_id, "privmed.stop_reason", stop_reason)
-        with tempfile.TemporaryDirectory() as tmp:
-            if model_state is not None:
-                torch.save(model_state, Path(tmp) / "state_dict.pt")
-                (Path(tmp) / "model_config.yaml").write_text(OmegaConf.to_yaml(model_cfg))
-                self.client.log_artifacts(self.run_id, tmp, "model")
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path), "report")
-        self.client.set_terminated(self.run_id, status)
+        try:
+            if model_state is not None:
+                module = build_model(model_cfg)
+                module.load_state_dict(model_state, strict=True)
+                described = describe_model(self.cfg, metrics=self.client.get_run(self.run_id).data.metrics)
+                log_trained_model(
+                    module,
+                    run_id=self.run_id,
+                    described=described,
+                    registered_model_name=self.cfg.mlflow.get("registered_model_name"),
+                )
+        except Exception:
+            if status == RunStatus.to_string(RunStatus.FAILED):
+                # The federation already failed: keep its error, not this one.
+                log.exception("the failed run's last model could not be logged")
+            else:
+                status = RunStatus.to_string(RunStatus.FAILED)
+                raise
+        finally:
+            self.client.set_terminated(self.run_id, status)

@@ -25,7 +25,7 @@ def summary_table(rows: list[dict[str, float]], *, sites: list[str], metric: str
     table.add_column("round", justify="right")
     table.add_column(metric.upper(), justify="right")
     table.add_column("eval loss", justify="right")
-    table.add_column("sites", justify="right")
+    table.add_column("sites in sum", justify="right")  # how many sites' updates the round's sum held
     for site in show_sites:
         table.add_column(f"ε {site}", justify="right")
     table.add_column("ε sample (max)", justify="right")
@@ -41,11 +41,22 @@ def summary_table(rows: list[dict[str, float]], *, sites: list[str], metric: str
     return table
 
 
-def print_summary(rows: list[dict[str, float]], *, sites: list[str], metric: str, stop_reason: str | None) -> str:
-    """Print the table (and why the run stopped early, if it did); return it as text."""
+def print_summary(
+    rows: list[dict[str, float]],
+    *,
+    sites: list[str],
+    metric: str,
+    stop_reason: str | None,
+    failures: list[str] = (),
+) -> str:
+    """Print the table, each site that failed or refused (one line each) and why the run stopped early."""
     # Wide enough for a column per site even when stdout is a log file, not a terminal.
     console = Console(record=True, width=max(100, 40 + 14 * min(len(sites), 6)))
     console.print(summary_table(rows, sites=sites, metric=metric))
+    if failures:
+        console.print("[bold yellow]Sites that failed or refused:[/]")
+        for line in failures:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     if stop_reason:
         console.print(f"[bold yellow]Stopped early:[/] {stop_reason}")
     return console.export_text()

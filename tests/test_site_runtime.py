@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from independent_accounting import sample_level_epsilon
 from client.site_runtime import SiteRuntime
 from common.models import exchanged_state, frozen_digest, initial_model
 from common.privacy import PrivacyBudgetExceeded
+from common.privacy.site_accountant import LEDGER_FILE
 
 
 def _initial_state(cfg):
@@ -156,3 +158,29 @@ def test_non_private_training_is_refused_on_real_files_unless_the_site_allows_it
     allowed = _real_files_config(tiny_config, tmp_path, "federation.sites.hospital_a.allow_non_private=true")
     out = SiteRuntime(allowed, "hospital_a").train_round(state, server_round=1, planned_rounds=1, cached_ledger=None)
     assert out.ledger_json is None
+
+
+def test_a_round_asked_again_on_the_same_model_resends_the_stored_update(tiny_config):
+    """A resumed coordinator repeats its unfinished round: the site pays for it once."""
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    site = SiteRuntime(cfg, "hospital_a")
+    first = site.train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
+    again = SiteRuntime(cfg, "hospital_a").train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
+    assert all(torch.equal(first.state[k], again.state[k]) for k in first.state)
+    assert again.metrics == first.metrics and site.load_ledger(None).steps == 4
+    # Another global model for the same round is new training (and new spending).
+    moved = {k: v + 0.01 for k, v in state.items()}
+    other = site.train_round(moved, server_round=1, planned_rounds=2, cached_ledger=None)
+    assert other.metrics["steps"] == 8
+
+
+def test_an_update_whose_ledger_was_never_written_is_not_resent(tiny_config):
+    """Killed between the two writes: the update never left the site, so the site trains again."""
+    cfg = tiny_config()
+    state = _initial_state(cfg)
+    site = SiteRuntime(cfg, "hospital_b")
+    site.train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
+    (Path(site.view.state_dir) / LEDGER_FILE).unlink()
+    out = site.train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
+    assert out.metrics["steps"] == 4 and site.load_ledger(None).steps == 4
