@@ -45,7 +45,7 @@ def federation(tmp_path_factory):
     cfg = compose_config([
         f"state_root={tmp / 'state'}", f"mlflow.tracking_uri={uri}", f"mlflow.registered_model_name={NAME}",
         "model=small_cnn", "federation.num_rounds=1", "training.batch_size=16", "training.max_physical_batch_size=16",
-        "simulation.show_progress=false", "device=cpu", "privacy.reproducible_noise=true", *sites,
+        "simulation.show_progress=false", "device=cpu", "privacy.reproducible_noise=true", "aggregation=plain", *sites,
     ])
     # sqlite stores put artifacts under ./mlruns; MLflow's process-wide URI is restored afterwards.
     with pytest.MonkeyPatch.context() as patch, _use_tracking_uri(uri):
