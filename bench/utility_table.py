@@ -115,6 +115,10 @@ def run_config(name: str, out: Path, console, jobs: int = 1) -> list[Row]:
         console.print(f"{name}: {init}, {privacy}: {metric}={value:.3f} ({minutes:.1f} min)")
         return Row(name, init, privacy, metric, value, None if privacy == "none" else _eps(out, run_id), run_id, minutes)
 
+    # Create the MLflow store before parallel runs: two processes creating one sqlite store race.
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").search_experiments()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         # Pretraining on patients of other seeds (disjoint from the sites'), non-private.
         pre = pool.submit(one, "pretraining", "none", ["privacy=none", *cfg["run"], *cfg["pretrain"], *seeds])
