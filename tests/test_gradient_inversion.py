@@ -53,7 +53,6 @@ def test_image_metrics_on_identical_and_unrelated_images():
 
 
 def test_pool_smaller_than_100_is_refused(tiny_audit):
-    cfg = tiny_audit()
-    cfg.audit.pool = 50
+    cfg = OmegaConf.merge(tiny_audit(), {"audit": {"pool": 50}})
     with pytest.raises(ValueError, match="audit.pool must be >= 100"):
         run_inversion_audit(cfg, progress=False)
