@@ -285,7 +285,10 @@ def _quiet_library_warnings(*, os_seeded: bool) -> None:
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 
-@lru_cache(maxsize=4)
+# One entry per site a process serves: a deployed SuperNode serves one site, a simulation actor
+# serves its share of all sites (1000 small sites: a few MB). A smaller cache made every message
+# of a large federation rebuild its site's data (bench/scale.py).
+@lru_cache(maxsize=4096)
 def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
     data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a

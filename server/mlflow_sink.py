@@ -43,6 +43,29 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of MLflow experiment ``name``, created when missing."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def sweep_parent_run(client: MlflowClient, experiment_id: str, sweep: str, *, create: bool = True) -> str | None:
+    """The parent run of sweep ``sweep`` (tag ``privmed.sweep``), created when missing and ``create``.
+
+    A multirun creates it before its jobs start (``server.sweep_callback``), so jobs running in
+    parallel all find the same parent instead of each creating one.
+    """
+    query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`privmed.role` = 'parent'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    if not create:
+        return None
+    parent = client.create_run(experiment_id, run_name=f"sweep {sweep}", tags={SWEEP_TAG: sweep, "privmed.role": "parent"})
+    client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return parent.info.run_id
+
+
 class MlflowSink:
     """One MLflow run: config as params and YAML, round metrics, final model and plots.
 
@@ -58,10 +81,7 @@ class MlflowSink:
         self.uri = tracking_uri(cfg.mlflow)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        experiment = self.client.get_experiment_by_name(cfg.mlflow.experiment_name)
-        self.experiment_id = (
-            experiment.experiment_id if experiment else self.client.create_experiment(cfg.mlflow.experiment_name)
-        )
+        self.experiment_id = experiment_id(self.client, cfg.mlflow.experiment_name)
         if cfg.get("resume"):
             # A resumed federation continues its own run: params were logged when it started.
             self.run_id = str(cfg.resume)
@@ -70,7 +90,7 @@ class MlflowSink:
             return
         tags = {PRIVACY_TAG: "dp" if cfg.privacy.get("enabled", True) else "none"}
         if sweep:
-            tags["mlflow.parentRunId"] = self._parent_run(sweep)
+            tags["mlflow.parentRunId"] = sweep_parent_run(self.client, self.experiment_id, sweep)
             tags[SWEEP_TAG] = sweep
         run = self.client.create_run(self.experiment_id, run_name=cfg.mlflow.run_name, tags=tags)
         self.run_id = run.info.run_id
@@ -78,17 +98,6 @@ class MlflowSink:
         self._log_params(flatten(container))
         self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved_config.yaml")
         log.info("MLflow run %s at %s", self.run_id, self.uri)
-
-    def _parent_run(self, sweep: str) -> str:
-        query = f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`privmed.role` = 'parent'"
-        found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
-        if found:
-            return found[0].info.run_id
-        parent = self.client.create_run(
-            self.experiment_id, run_name=f"sweep {sweep}", tags={SWEEP_TAG: sweep, "privmed.role": "parent"}
-        )
-        self.client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
-        return parent.info.run_id
 
     def _log_params(self, params: dict[str, str]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.privacy.per_sample_norms import per_sample_grads, per_sample_sq_norms, sq_norms_of
+from common.privacy.per_sample_norms import (
+    PER_SAMPLE,
+    norm_method,
+    per_sample_grads_chunked,
+    per_sample_sq_norms,
+    sq_norms_of,
+)
 
 # Opacus' clipping factor C / (‖g‖ + ε): the same ε keeps every mode's result identical.
 _OPACUS_CLIP_EPS = 1e-6
@@ -28,30 +34,37 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @dataclass
 class _Record:
+    """One trained layer of the current forward pass and what step 5 will need from it."""
+
     module: nn.Module
-    activation: torch.Tensor
-    output: torch.Tensor
+    activation: torch.Tensor | None
+    backprop: torch.Tensor | None = None
+    grads: dict[nn.Parameter, torch.Tensor] | None = None
 
 
 class BookKeepingClipper:
-    """Clipped per-sample gradient sums in one backward pass.
+    """Clipped per-sample gradient sums in one backward pass, layer by layer.
 
     1. Forward: a hook on every module with trainable parameters of its own keeps the
-       module's input (detached) and its output.
-    2. One backward pass of ``Σ_i loss_i`` to those outputs only (``torch.autograd.grad``):
-       every layer's output gradient ``b``, and no weight gradient is computed.
-    3. Per layer, the squared per-sample norms of its parameters' gradients, summed over
-       layers: ``‖g_i‖²``. Convolutions: ghost norm or per-sample gradient, the cheaper for
-       their shape, nothing kept. Other layers (norms, heads: few parameters): per-sample
-       gradients, kept for step 5.
+       module's input (detached) and hooks the module's output gradient.
+    2. One backward pass of ``Σ_i loss_i`` that computes no weight gradient
+       (``torch.autograd.grad`` to the first trained layers' outputs). As each layer's output
+       gradient ``b`` arrives:
+    3. that layer's squared per-sample norms are added to ``‖g_i‖²``: ghost norm or per-sample
+       gradient, the cheaper for its shape (:mod:`common.privacy.per_sample_norms`). The layer
+       then keeps the smaller of what step 5 can use: its per-sample gradients (computed anyway
+       by the per-sample method), or its input and ``b``. Everything else is freed at once, so
+       the activations are released as in an ordinary backward pass instead of all output
+       gradients being held until the end.
     4. Clipping factors ``c_i = min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' flat clipping).
-    5. Per layer, ``Σ_i c_i g_i``: for convolutions one ordinary weight gradient with output
-       gradient ``c ⊙ b`` (``Σ_i c_i g_i`` is linear in ``b``); for the others from the kept
-       per-sample gradients. Written to ``p.grad``.
+    5. Per layer, ``Σ_i c_i g_i``: from the kept per-sample gradients, or as one ordinary weight
+       gradient with output gradient ``c ⊙ b`` (``Σ_i c_i g_i`` is linear in ``b``). Written to
+       ``p.grad``, and the layer's kept tensors are freed.
 
     Noise and accounting are Opacus' (``DPOptimizerFastGradientClipping`` reads ``p.grad``
     as the clipped sum). Correct only if every layer treats samples independently, which
-    :func:`common.models.find_dp_violations` checks (no BatchNorm).
+    :func:`common.models.find_dp_violations` checks (no BatchNorm). A trained layer the loss
+    does not reach gets a zero gradient (it contributes to neither the norm nor the sum).
 
     Parameters
     ----------
@@ -70,6 +83,8 @@ class BookKeepingClipper:
         self.chunk_bytes = int(chunk_bytes)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._records: list[_Record] = []
+        self._roots: list[torch.Tensor] = []  # outputs of trained layers fed by no trained layer
+        self._sq: torch.Tensor | None = None
         self._capturing = True
         self._handles = [
             module.register_forward_hook(self._capture)
@@ -79,7 +94,7 @@ class BookKeepingClipper:
         self.last_norms: torch.Tensor | None = None  # for tests and debugging; never released
 
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        # 1. Keep what step 5 needs; only training passes with autograd on are clipped.
+        # 1. Keep what steps 3 and 5 need; only training passes with autograd on are clipped.
         if not (self._capturing and module.training and torch.is_grad_enabled()):
             return
         if any(r.module is module for r in self._records):
@@ -89,37 +104,58 @@ class BookKeepingClipper:
             )
         if not isinstance(output, torch.Tensor) or len(inputs) != 1:
             raise ValueError(f"{type(module).__name__}: book-keeping needs one tensor input and output")
-        self._records.append(_Record(module, inputs[0].detach(), output))
+        record = _Record(module, inputs[0].detach())
+        self._records.append(record)
+        if output.requires_grad:
+            # The output itself is not kept (that would hold every activation to the end).
+            output.register_hook(lambda b, record=record: self._on_backprop(record, b))
+            if not inputs[0].requires_grad:
+                self._roots.append(output)
+
+    @torch.no_grad()
+    def _on_backprop(self, record: _Record, b: torch.Tensor) -> None:
+        # 3. This layer's share of ‖g_i‖², then keep the smaller of per-sample gradients or (a, b).
+        module, a = record.module, record.activation
+        n = b.shape[0]
+        if norm_method(module, b) != PER_SAMPLE:
+            self._sq += per_sample_sq_norms(module, a, b, chunk_bytes=self.chunk_bytes)
+            record.backprop = b
+            return
+        grads = per_sample_grads_chunked(module, a, b, chunk_bytes=self.chunk_bytes)
+        self._sq += sq_norms_of(grads, n, self._sq)
+        kept_grads = sum(g.numel() for g in grads.values())
+        if kept_grads > a.numel() + b.numel():
+            record.backprop = b  # e.g. a wide 3×3 conv at low resolution: its input and b are smaller
+        else:
+            record.grads, record.activation = grads, None
 
     def backward(self, loss_per_sample: torch.Tensor) -> None:
         """Set ``p.grad`` of every trainable parameter to the clipped per-sample gradient sum."""
         records, self._records = self._records, []
+        roots, self._roots = self._roots, []
         n = loss_per_sample.shape[0]
         if n == 0 or not records:  # an empty Poisson batch: nothing to clip, noise still follows
             for p in self.params:
                 p.grad = torch.zeros_like(p)
             return
-        # 2. Output gradients of every trained layer; weight gradients are skipped by autograd.
-        backprops = torch.autograd.grad(loss_per_sample.sum(), [r.output for r in records], allow_unused=True)
-        # 3.-4. Per-sample norms over all layers, then the clipping factors.
-        sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
-        kept: list[dict | None] = []
-        for record, b in zip(records, backprops):
-            kept.append(None)
-            if b is None:
-                continue
-            if isinstance(record.module, _CONVS):
-                sq += per_sample_sq_norms(record.module, record.activation, b, chunk_bytes=self.chunk_bytes)
-            else:
-                kept[-1] = per_sample_grads(record.module, record.activation, b)
-                sq += sq_norms_of(kept[-1], n, sq)
+        # 2.-3. One backward pass; the output hooks do step 3 layer by layer. Every trained layer
+        #    lies between the loss and a root, so reaching the roots reaches them all.
+        self._sq = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
+        try:
+            torch.autograd.grad(loss_per_sample.sum(), roots, allow_unused=True)
+            sq = self._sq
+        finally:
+            self._sq = None
+        del roots
+        # 4. Clipping factors.
         self.last_norms = sq.sqrt()
         coef = (self.max_grad_norm / (self.last_norms + _OPACUS_CLIP_EPS)).clamp(max=1.0)
-        # 5. The clipped sum per layer, as an ordinary weight gradient of the re-weighted output
-        #    (a layer's forward recomputed here is not a new training pass: not captured).
+        # 5. The clipped sum per layer (a layer's forward recomputed here is not a new training
+        #    pass: not captured).
         self._capturing = False
         try:
-            self._write_clipped_sums(records, backprops, kept, coef)
+            while records:
+                self._write_clipped_sum(records.pop(0), coef)
         finally:
             self._capturing = True
         for p in self.params:
@@ -127,24 +163,24 @@ class BookKeepingClipper:
                 p.grad = torch.zeros_like(p)
 
     @staticmethod
-    def _write_clipped_sums(records: list[_Record], backprops: tuple, kept: list, coef: torch.Tensor) -> None:
-        for record, b, grads_by_param in zip(records, backprops, kept):
-            params = [p for p in record.module.parameters(recurse=False) if p.requires_grad]
-            if b is None:
-                grads = [torch.zeros_like(p) for p in params]
-            elif grads_by_param is not None:
-                grads = [torch.einsum("n,n...->...", coef.to(g.dtype), g) for g in (grads_by_param[p] for p in params)]
-            else:
-                scaled = b * coef.view(-1, *([1] * (b.dim() - 1))).to(b.dtype)
-                grads = _weighted_grads(record.module, record.activation, scaled, params)
-            for p, g in zip(params, grads):
-                p.grad = g if p.grad is None else p.grad + g
+    def _write_clipped_sum(record: _Record, coef: torch.Tensor) -> None:
+        params = [p for p in record.module.parameters(recurse=False) if p.requires_grad]
+        if record.grads is not None:
+            grads = [torch.einsum("n,n...->...", coef.to(record.grads[p].dtype), record.grads[p]) for p in params]
+        elif record.backprop is not None:
+            b = record.backprop
+            scaled = b * coef.view(-1, *([1] * (b.dim() - 1))).to(b.dtype)
+            grads = _weighted_grads(record.module, record.activation, scaled, params)
+        else:  # the loss did not reach this layer
+            grads = [torch.zeros_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g if p.grad is None else p.grad + g
 
     def close(self) -> None:
         """Remove the hooks."""
         for handle in self._handles:
             handle.remove()
-        self._handles, self._records = [], []
+        self._handles, self._records, self._roots = [], [], []
 
 
 def _weighted_grads(

@@ -104,6 +104,12 @@ def _per_sample_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor) ->
     return sq_norms_of(per_sample_grads(module, a, b), a.shape[0], b)
 
 
+def _chunk_size(module: nn.Module, backprop: torch.Tensor, method: str, chunk_bytes: int) -> int:
+    """Samples per chunk so that one chunk's temporaries stay below ``chunk_bytes``."""
+    per_sample_bytes = _work_bytes_per_sample(module, backprop, method) * backprop.element_size()
+    return max(1, min(backprop.shape[0], chunk_bytes // max(per_sample_bytes, 1)))
+
+
 def per_sample_sq_norms(
     module: nn.Module, activation: torch.Tensor, backprop: torch.Tensor, *, chunk_bytes: int, method: str | None = None
 ) -> torch.Tensor:
@@ -124,9 +130,21 @@ def per_sample_sq_norms(
         return torch.zeros(0, dtype=backprop.dtype, device=backprop.device)
     method = method or norm_method(module, backprop)
     fn = _ghost_sq_norms if method == GHOST else _per_sample_sq_norms
-    per_sample_bytes = _work_bytes_per_sample(module, backprop, method) * backprop.element_size()
-    step = max(1, min(n, chunk_bytes // max(per_sample_bytes, 1)))
+    step = _chunk_size(module, backprop, method, chunk_bytes)
     parts: Sequence[torch.Tensor] = [
         fn(module, activation[i : i + step], backprop[i : i + step]) for i in range(0, n, step)
     ]
     return torch.cat(list(parts))
+
+
+def per_sample_grads_chunked(
+    module: nn.Module, activation: torch.Tensor, backprop: torch.Tensor, *, chunk_bytes: int
+) -> dict[nn.Parameter, torch.Tensor]:
+    """:func:`per_sample_grads` in chunks of samples (temporaries below ``chunk_bytes``), written in place."""
+    n = activation.shape[0]
+    out = {p: torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in _trainable(module)}
+    step = _chunk_size(module, backprop, PER_SAMPLE, chunk_bytes)
+    for i in range(0, n, step):
+        for p, g in per_sample_grads(module, activation[i : i + step], backprop[i : i + step]).items():
+            out[p][i : i + step] = g
+    return out
