@@ -264,8 +264,12 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         # 9. Plain aggregation, a new federation (fresh ledgers): hospital_c's SuperNode SIGKILLed while
         # it trains round 2; the round completes without it after round_timeout_s, and the restarted
         # SuperNode trains round 3 with its ε continuing.
+        for node in nodes:
+            procs.stop(node)
+        # A stopped SuperNode stays "online" at the SuperLink until it misses 2 heartbeats (≤ 60 s).
+        procs.wait_for("the SuperLink to see the SuperNodes offline", lambda: _online(env) == 0, timeout=150,
+                       needs=(superlink,), interval=3)
         for i, site in enumerate(SITES):
-            procs.stop(nodes[i])
             config = f'site="{site}" state-root="{tmp_path / "state-plain" / site}"'
             nodes[i] = procs.start(f"{site}-plain", _supernode_cmd(certs, superlink_port, certs / site / "node_key", config))
         procs.wait_for("three online SuperNodes", online, timeout=120, needs=(superlink, *nodes), interval=2)
