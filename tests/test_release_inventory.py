@@ -82,6 +82,8 @@ MODES = {
     ("plain", "dp_fedavg_adaptive"): (False, False),
     ("secaggplus", "fedavg"): (True, True),
     ("secaggplus", "dp_fedavg"): (False, False),
+    # Sparse updates (values + positions, eps-svt); partial_sharing sends the same keys but eps-svt.
+    ("plain", "svt"): (False, False),
 }
 
 
