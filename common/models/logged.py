@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from torch import nn
 
 from common.federation_config import is_private, site_views
 from common.models.factory import build_model
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ def log_trained_model(
     run_id: str,
     described: dict[str, Any],
     registered_model_name: str | None = None,
-):
+) -> ModelInfo:
     """Log ``module`` (complete, plain, eval mode) as run ``run_id``'s MLflow Model ``model``.
 
     Registers it as a new version of ``registered_model_name`` when given; the version carries
