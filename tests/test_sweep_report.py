@@ -195,7 +195,7 @@ def test_multirun_logs_the_report_to_its_parent(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'sweep.db'}")
     cmd = [
         sys.executable, "-m", "server.simulate", "-m", "privacy.target_epsilon=2,8", "federation.num_rounds=1",
-        "model=small_cnn", "training.batch_size=16", "simulation.show_progress=false", "device=cpu",
+        "model=small_cnn", "training.batch_size=16", "simulation.show_progress=false", "device=cpu", "aggregation=plain",
         *[f"federation.sites.hospital_{s}.data.{k}={n}" for s in "abc" for k, n in (("num_train", 48), ("num_test", 32))],
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
