@@ -44,6 +44,8 @@ class FederationReport:
     planned_rounds: int = 0
     # One line per site that failed or refused in the run: "<site> (rounds …): <reason>".
     failures: list[str] = field(default_factory=list)
+    # The final global model's exchanged weights (what every site received last); None if no round ran.
+    final_state: dict | None = None
 
 
 def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str | None = None) -> FederationReport:
@@ -138,6 +140,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
         raise
     finally:
         report.rows, report.failures = tracker.rows, failures.lines()
+        if tracker.latest_arrays is not None:
+            report.final_state = tracker.latest_arrays.to_torch_state_dict()
         text = print_summary(
             tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason, failures=report.failures
         )

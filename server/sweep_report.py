@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from server.mlflow_sink import PRIVACY_TAG, SWEEP_TAG
-from server.sweep_plot import SEED_PARAM, write_csv, write_html, write_plot
+from server.sweep_plot import write_csv, write_html, write_plot
 
 REPORT_DIR = "report"
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,7 +44,7 @@ class SweepReport:
 
     ``rows`` has one row per child run: ``run_id``, ``status``, ``privacy`` (dp | none),
     ``setting`` (the swept overrides as one string), one column per swept param, the final
-    metric (named after it), ``eps_sample_max``, ``eps_client``, ``delta``, ``rounds`` and
+    metric (named after it), ``eps_sample_max``, ``eps_client``, ``eps_svt``, ``delta``, ``rounds`` and
     ``wall_time_s``. ``references`` has the same columns for non-private runs given by id.
     """
 
@@ -136,6 +136,8 @@ def run_row(client: MlflowClient, run: Run, *, metric: str, swept: Sequence[str]
         metric: history[-1][2] if history else math.nan,
         "eps_sample_max": metrics.get("eps_sample_max", math.nan),
         "eps_client": metrics.get("eps_client", math.nan),
+        # strategy=svt: the sites' sparse-selection ε (max over sites), spent on top of eps_sample_max.
+        "eps_svt": metrics.get("eps_svt", math.nan),
         "delta": float(params["privacy.delta"]) if row["privacy"] == "dp" and "privacy.delta" in params else math.nan,
         # Rounds completed: a run stopped by its privacy budget has fewer than planned.
         "rounds": history[-1][0] if history else 0,
@@ -176,9 +178,8 @@ def build_report(
     report = collect(client, parent_run_id, references=references)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_swept = SEED_PARAM in report.swept
     files = [
-        write_plot(report.rows, report.references, out, metric=report.metric, seed_swept=seed_swept, title=_title(report)),
+        write_plot(report.rows, report.references, out, metric=report.metric, swept=report.swept, title=_title(report)),
         write_csv(report.rows, out),
         write_html(report.rows, report.references, out, metric=report.metric, title=_title(report)),
     ]

@@ -83,6 +83,8 @@ MODES = {
     ("plain", "svt"): (False, False),  # sparse, SVT-noised updates (plain aggregation only)
     ("secaggplus", "fedavg"): (True, True),
     ("secaggplus", "dp_fedavg"): (False, False),
+    # Sparse updates (values + positions, eps-svt); partial_sharing sends the same keys but eps-svt.
+    ("plain", "svt"): (False, False),
 }
 
 

@@ -107,7 +107,12 @@ def test_killed_federation_resumes_in_its_run_with_the_same_epsilon(tmp_path, mo
     assert client.get_run(run_id).info.status == "RUNNING"  # a SIGKILL leaves no time to close the run
 
     second = _simulate(tmp_path, "second", f"resume={run_id}")
-    assert second.wait(timeout=WAIT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    try:
+        second.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        _kill_session(second)
+        pytest.fail(f"the resumed run did not end within {WAIT_S}s:\n{(tmp_path / 'second.log').read_text()[-3000:]}")
+    assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
     resumed_log = (tmp_path / "second.log").read_text()
 
     run = client.get_run(run_id)

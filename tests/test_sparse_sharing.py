@@ -150,6 +150,17 @@ def test_svt_site_accounts_and_refuses_over_budget(tiny_config):
     assert SparseSharing.for_site(tiny_config().strategy, site_view(cfg, "hospital_a"), seed=1) is None
 
 
+@pytest.mark.parametrize("strategy", ["partial_sharing", "svt"])
+def test_sparse_strategies_pick_plain_aggregation(strategy):
+    # SecAgg+ is the default aggregation; the command must run as given.
+    from common.run_config import compose_config
+
+    cfg = compose_config(["task=segmentation", f"strategy={strategy}", "federation.num_rounds=2"])
+    assert cfg.aggregation.name == "plain" and cfg.strategy.name == strategy
+    validate_config(cfg)
+    assert compose_config(["strategy=fedavg"]).aggregation.name == "secaggplus"
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -19,7 +19,7 @@ from PIL import Image
 from common.run_config import CONF_DIR
 from server.report_cli import main as report_main
 from server.sweep_callback import TuningOnRealData, _check_tuning_data
-from server.sweep_plot import points
+from server.sweep_plot import points, setting_keys
 from server.sweep_report import ReportError, build_report, log_report
 
 SWEEP = "/data/multirun/2026-12-03/10-00-00"
@@ -106,7 +106,9 @@ def test_report_has_one_row_per_child_with_swept_overrides_final_metric_and_epsi
 def test_seeds_are_averaged_into_one_point_per_setting(store, tmp_path):
     client, experiment = store
     report = build_report(client, _seed_sweep(client, experiment), out_dir=tmp_path)
-    pts = points(report.rows, "eps_sample_max", metric="auc", seed_swept=True)
+    keys = setting_keys(report.rows, report.swept)
+    assert keys == ["privacy.target_epsilon"]  # privacy.enabled only tells the reference apart
+    pts = points(report.rows, "eps_sample_max", metric="auc", keys=keys)
     assert list(pts["eps"]) == pytest.approx([2.0, 8.0])
     assert list(pts["mean"]) == pytest.approx([0.62, 0.80])
     assert list(pts["std"]) == pytest.approx([0.04 / 2**0.5] * 2)
@@ -192,6 +194,11 @@ def test_tuning_refuses_sites_that_read_real_files():
 
 @pytest.mark.slow
 def test_multirun_logs_the_report_to_its_parent(tmp_path):
+    """The issue's contract: ``-m privacy.target_epsilon=2,8`` leaves the report on the parent.
+
+    Jobs run one after another: two jobs starting Ray at once on a loaded 2-core machine can miss
+    Ray's fixed 30 s raylet start-up wait (README "Parallel sweeps" has the by-hand joblib check).
+    """
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'sweep.db'}")
     cmd = [
         sys.executable, "-m", "server.simulate", "-m", "privacy.target_epsilon=2,8", "federation.num_rounds=1",
