@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 SITES = ["hospital_a", "hospital_b"]
 ROUNDS = 4
 TINY = [
-    "model=small_cnn", "~federation.sites.hospital_c", "task.image_size=16", "aggregation=plain",
+    "model=small_cnn", "~federation.sites.hospital_c", "task.image_size=16",
     "training.batch_size=16", "training.max_physical_batch_size=16", "simulation.show_progress=false",
     "device=cpu", "privacy.reproducible_noise=true", "aggregation=plain",  # SecAgg+ needs >= 3 sites
     *[f"federation.sites.{s}.data.{k}={v}" for s in SITES for k, v in (("num_train", 64), ("num_test", 32))],
