@@ -24,7 +24,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from client.predict import main as predict_main
 from common.data.readers import read_image_file
 from common.federation_config import site_view
-from common.models.logged import load_trained_model
+from common.models.logged import describe_model, load_trained_model, model_tags
 from common.run_config import compose_config
 from server.simulate import simulate
 
@@ -183,3 +183,15 @@ def test_mlflow_models_serve_predicts_a_real_image_file(federation, jpeg, served
         local = load_trained_model(f"models:/{NAME}/1").module(image).numpy()
     assert served_logit.shape == (1, 1)
     np.testing.assert_allclose(served_logit, local, atol=1e-5)
+
+
+def test_tags_say_which_privacy_the_model_was_trained_under(tmp_path):
+    """Without a federation: ε_client and its δ with client-level DP; no ε at all for privacy=none."""
+    base = [f"state_root={tmp_path / 'state'}"]
+    metrics = {f"site.{s}.eps_sample": 2.5 + i for i, s in enumerate(SITES)} | {"eps_client": 1.25}
+    client_dp = model_tags(describe_model(compose_config([*base, "strategy=dp_fedavg"]), metrics=metrics))
+    assert client_dp["privmed.eps_client"] == "1.25" and client_dp["privmed.delta_client"] == "0.001"
+    assert client_dp["privmed.eps_sample.hospital_c"] == "4.5" and client_dp["privmed.eps_sample_max"] == "4.5"
+    none = describe_model(compose_config([*base, "privacy=none"]), metrics={})
+    assert model_tags(none) == {"privmed.privacy": "none", "privmed.task": "classification", "privmed.image_size": "32"}
+    assert all(site == {"eps_sample": None, "delta": None} for site in none["sites"].values())

@@ -24,15 +24,18 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from common.federation_config import site_views
+from common.federation_config import is_private, site_views
 from common.models.factory import build_model
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +74,16 @@ def describe_model(cfg: DictConfig, *, metrics: dict[str, float]) -> dict[str, A
     from patient data.
     """
     views = site_views(cfg)
-    private = bool(cfg.privacy.get("enabled", True))
+    private = is_private(cfg.privacy)
     sites: dict[str, dict[str, float | None]] = {}
     preprocessing: list[dict[str, Any]] = []
     for name, view in views.items():
+        # A site file may override privacy keys: each site's own view says whether it ran DP-SGD.
+        site_private = is_private(view.privacy)
         eps = metrics.get(f"site.{name}.eps_sample")
         sites[name] = {
-            "eps_sample": float(eps) if eps is not None and private else None,
-            "delta": float(view.privacy.delta) if private else None,
+            "eps_sample": float(eps) if eps is not None and site_private else None,
+            "delta": float(view.privacy.delta) if site_private else None,
         }
         if f"site.{name}.eps_svt" in metrics:  # strategy=svt: the extra pure-ε guarantee on its releases
             sites[name]["eps_svt"] = float(metrics[f"site.{name}.eps_svt"])
@@ -136,7 +141,7 @@ def log_trained_model(
     run_id: str,
     described: dict[str, Any],
     registered_model_name: str | None = None,
-):
+) -> ModelInfo:
     """Log ``module`` (complete, plain, eval mode) as run ``run_id``'s MLflow Model ``model``.
 
     Registers it as a new version of ``registered_model_name`` when given; the version carries
