@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
-from client.round_store import StoredUpdate, model_sha256, released_update, save_update
+from client.round_store import StoredUpdate, model_sha256, released_update, save_update, training_lock
 from client.sparse_sharing import SparseSharing
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
@@ -171,6 +171,18 @@ class SiteRuntime:
         self._seed_round(server_round)
         if not is_private(self.view.privacy):
             return self._train_non_private(model, server_round)
+        with training_lock(self.view.state_dir):
+            return self._train_private(model, state, server_round, planned_rounds, cached_ledger)
+
+    def _train_private(
+        self,
+        model: nn.Module,
+        state: dict[str, torch.Tensor],
+        server_round: int,
+        planned_rounds: int,
+        cached_ledger: str | None,
+    ) -> TrainOutcome:
+        """A DP-SGD round, or the stored update of a round already released (under the training lock)."""
         ledger = self.load_ledger(cached_ledger)
         # Asked again for a round already trained on this global model (a resumed coordinator):
         # re-send the released update instead of spending budget twice (client/round_store.py).

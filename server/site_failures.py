@@ -105,11 +105,17 @@ class RecordingGrid(Grid):
         """Flower's ``send_and_receive``; then note error replies and destinations that never replied."""
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        # The SuperLink answers for a node that stopped sending heartbeats ("Node Unavailable") as
+        # itself, without the round: the message a reply answers names the node and the round.
+        sent = {m.metadata.message_id: m.metadata for m in messages if m.metadata.message_id}
         answered = set()
         for reply in replies:
-            answered.add(reply.metadata.src_node_id)
+            request = sent.get(reply.metadata.reply_to_message_id)
+            node = request.dst_node_id if request is not None else reply.metadata.src_node_id
+            answered.add(node)
             if reply.has_error():
-                self.failures.record(reply.metadata.src_node_id, reply.metadata.group_id, reply.error.reason)
+                group = request.group_id if request is not None else reply.metadata.group_id
+                self.failures.record(node, group, reply.error.reason)
             else:
                 self.failures.learn(reply)
         for msg in messages:

@@ -26,6 +26,7 @@ from server.sweep_plot import write_csv, write_html, write_plot
 
 REPORT_DIR = "report"
 PARENT_TAG = "mlflow.parentRunId"
+STOP_REASON_TAG = "privmed.stop_reason"
 # Per-site values each site calibrates (σ, sampling rate) differ with ε without being swept.
 DERIVED_PARAM_PREFIXES = ("site.",)
 # Metrics a privmed run may end with (task.metric), when a run does not say which.
@@ -42,7 +43,7 @@ class ReportError(Exception):
 class SweepReport:
     """What a report holds: the table, the non-private references and where the files went.
 
-    ``rows`` has one row per child run: ``run_id``, ``status``, ``privacy`` (dp | none),
+    ``rows`` has one row per child run: ``run_id``, ``status``, ``stop_reason``, ``privacy`` (dp | none),
     ``setting`` (the swept overrides as one string), one column per swept param, the final
     metric (named after it), ``eps_sample_max``, ``eps_client``, ``eps_svt``, ``delta``, ``rounds`` and
     ``wall_time_s``. ``references`` has the same columns for non-private runs given by id.
@@ -128,6 +129,8 @@ def run_row(client: MlflowClient, run: Run, *, metric: str, swept: Sequence[str]
     row: dict[str, object] = {
         "run_id": run.info.run_id,
         "status": run.info.status,
+        # Why a run ended before its planned rounds (budget, failed sites), as the run tagged it.
+        "stop_reason": run.data.tags.get(STOP_REASON_TAG, ""),
         "privacy": run.data.tags.get(PRIVACY_TAG, "dp"),
         "setting": " ".join(f"{k}={params.get(k, '—')}" for k in swept),
     }

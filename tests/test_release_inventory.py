@@ -80,6 +80,7 @@ MODES = {
     ("plain", "fedavg"): (True, False),
     ("plain", "dp_fedavg"): (False, False),
     ("plain", "dp_fedavg_adaptive"): (False, False),
+    ("plain", "svt"): (False, False),  # sparse, SVT-noised updates (plain aggregation only)
     ("secaggplus", "fedavg"): (True, True),
     ("secaggplus", "dp_fedavg"): (False, False),
     # Sparse updates (values + positions, eps-svt); partial_sharing sends the same keys but eps-svt.
