@@ -108,13 +108,16 @@ class RecordingGrid(Grid):
         # The SuperLink answers for a node that stopped sending heartbeats ("Node Unavailable") as
         # itself, without the round: the message a reply answers names the node and the round.
         sent = {m.metadata.message_id: m.metadata for m in messages if m.metadata.message_id}
+        # Error replies may come without the round; the messages of one call are one round's.
+        groups = {m.metadata.group_id for m in messages}
+        round_sent = groups.pop() if len(groups) == 1 else ""
         answered = set()
         for reply in replies:
             request = sent.get(reply.metadata.reply_to_message_id)
             node = request.dst_node_id if request is not None else reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                group = request.group_id if request is not None else reply.metadata.group_id
+                group = request.group_id if request is not None else (reply.metadata.group_id or round_sent)
                 self.failures.record(node, group, reply.error.reason)
             else:
                 self.failures.learn(reply)
