@@ -133,8 +133,10 @@ def audit_setting(cfg: DictConfig, setting: str, *, workdir: Path, run_federatio
         seed=int(scfg.seed) * 31 + SETTINGS.index(setting),
     )
     report = run_federation(scfg)
-    if getattr(report, "final_state", None) is None:
-        raise ValueError(f"the {setting} federation finished without a global model; see its log")
+    # A bound from a federation that stopped early would audit a model that never saw the canaries.
+    if getattr(report, "stop_reason", None) or getattr(report, "final_state", None) is None:
+        raise ValueError(f"the {setting} federation did not run to its end ({getattr(report, 'stop_reason', None)}); "
+                         "the audit needs the whole run")
     initial = initial_model(scfg.model, int(scfg.seed))
     final = initial_model(scfg.model, int(scfg.seed))
     load_exchanged(final, report.final_state)
