@@ -28,7 +28,8 @@ from pathlib import Path
 # Two of the three hospitals: each simulated site is a process holding a model; a shared machine
 # with little free memory runs two more reliably than three.
 SITES = ("hospital_a", "hospital_b")
-_DROP = ["~federation.sites.hospital_c"]
+# SecAgg+ needs three sites; plain aggregation sums the same updates.
+_DROP = ["~federation.sites.hospital_c", "aggregation=plain"]
 # Synthetic patients of the pretraining federation: other seeds than the sites' (101, 102).
 PRETRAIN_SEEDS = {"hospital_a": 901, "hospital_b": 902}
 PRIVACY = {"none": ["privacy=none"], "eps8": ["privacy.target_epsilon=8"], "eps3": ["privacy.target_epsilon=3"]}
@@ -98,20 +99,34 @@ def _eps(out: Path, run_id: str) -> float | None:
     return metrics.get("eps_sample_max")
 
 
-def run_config(name: str, out: Path, console) -> list[Row]:
-    """The pretraining run, then the six runs of one configuration."""
+def run_config(name: str, out: Path, console, jobs: int = 1) -> list[Row]:
+    """The pretraining run and the six runs of one configuration, ``jobs`` federations at a time.
+
+    The seeded runs do not need the pretrained checkpoint, so they run beside the pretraining.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     cfg = CONFIGS[name]
     seeds = [f"federation.sites.{s}.data.seed={v}" for s, v in PRETRAIN_SEEDS.items()]
-    console.print(f"{name}: pretraining (privacy=none, patients of seeds {list(PRETRAIN_SEEDS.values())})")
-    pre_id, metric, pre_value, minutes = _simulate(["privacy=none", *cfg["run"], *cfg["pretrain"], *seeds], out, out / f"{name}-pretrain.log")
-    rows = [Row(name, "pretraining", "none", metric, pre_value, None, pre_id, minutes)]
-    for init, init_args in (("seeded", []), ("pretrained", [f"model.init=runs:/{pre_id}/model"])):
-        for privacy, privacy_args in PRIVACY.items():
-            console.print(f"{name}: {init}, {privacy}")
-            run_id, metric, value, minutes = _simulate([*cfg["run"], *init_args, *privacy_args], out, out / f"{name}-{init}-{privacy}.log")
-            rows.append(Row(name, init, privacy, metric, value, _eps(out, run_id), run_id, minutes))
-            console.print(f"  {metric}={value:.3f} ({minutes:.1f} min)")
-    return rows
+
+    def one(init: str, privacy: str, args: list[str]) -> Row:
+        console.print(f"{name}: {init}, {privacy}: started")
+        run_id, metric, value, minutes = _simulate(args, out, out / f"{name}-{init}-{privacy}.log")
+        console.print(f"{name}: {init}, {privacy}: {metric}={value:.3f} ({minutes:.1f} min)")
+        return Row(name, init, privacy, metric, value, None if privacy == "none" else _eps(out, run_id), run_id, minutes)
+
+    # Create the MLflow store before parallel runs: two processes creating one sqlite store race.
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").search_experiments()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # Pretraining on patients of other seeds (disjoint from the sites'), non-private.
+        pre = pool.submit(one, "pretraining", "none", ["privacy=none", *cfg["run"], *cfg["pretrain"], *seeds])
+        seeded = [pool.submit(one, "seeded", p, [*cfg["run"], *a]) for p, a in PRIVACY.items()]
+        pre_row = pre.result()
+        init = [f"model.init=runs:/{pre_row.run_id}/model"]
+        pretrained = [pool.submit(one, "pretrained", p, [*cfg["run"], *init, *a]) for p, a in PRIVACY.items()]
+        return [pre_row, *(f.result() for f in seeded), *(f.result() for f in pretrained)]
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -122,6 +137,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=Path("outputs/utility"), help="MLflow store and run logs")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here (appended per configuration)")
+    parser.add_argument("--jobs", type=int, default=1, help="federations run at a time (each is a few processes)")
     args = parser.parse_args(argv)
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
@@ -132,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     console = Console(stderr=True)
     rows: list[Row] = []
     for name in names:
-        rows += run_config(name, args.out, console)
+        rows += run_config(name, args.out, console, args.jobs)
         if args.json is not None:  # after each configuration: a long run keeps what it finished
             args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     table = Table(title="Utility: final metric of the global model on the sites' test sets")
