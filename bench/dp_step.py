@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--mode", default="auto", help="training.grad_sample_mode, or several comma-separated")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant after one warm-up step")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--chunk-mib", type=float, default=256, help="training.grad_sample_chunk_mib")
+    parser.add_argument("--chunk-mib", type=float, default=64, help="training.grad_sample_chunk_mib")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", type=Path, default=None, help="write one JSON object per case and mode here")
     args = parser.parse_args(argv)

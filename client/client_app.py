@@ -8,25 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
+from client.error_replies import sanitising_mod
 from client.secure_messages import fit_res_content, is_secure_fit, read_fit_ins, secure_aggregation_mod
-from client.secure_update import UpdateRejected, secure_update
+from client.secure_update import secure_update
 from client.site_runtime import SiteRuntime
-from common.federation_config import ConfigError, NonPrivateRefused, site_names
-from common.privacy import PrivacyBudgetExceeded
+from common.federation_config import ConfigError, site_names
 from common.run_config import config_from_run_config
 
 LEDGER_KEY = "privacy-ledger"
-# Error code a site uses to refuse a round that would exceed its privacy budget.
-BUDGET_REFUSED = 4001
-# Error code for an update that cannot be aggregated securely (NaN, outside the SecAgg+ range).
-UPDATE_REJECTED = 4002
-# Error code a site uses to refuse privacy=none on real patient files it has not allowed.
-NON_PRIVATE_REFUSED = 4003
+SVT_LEDGER_KEY = "svt-ledger"
 
 
 def site_for_node(cfg: DictConfig, node_config: dict) -> str:
@@ -49,11 +44,21 @@ def build_client_app(
 ) -> ClientApp:
     """A ClientApp whose handlers compose the config with ``load_config(context)``.
 
-    Training messages of SecAgg+ rounds go through Flower's ``secaggplus_mod`` first. Extra
-    ``mods`` run inside it, next to the handlers (they see plain updates); ``outer_mods`` run
-    outside it (they see what leaves the site, e.g. masked vectors and key shares).
+    Every failure leaves as ``site <name>: <kind>`` (``client/error_replies.py``), its details
+    staying in the site's log. Training messages of SecAgg+ rounds go through Flower's
+    ``secaggplus_mod``. Extra ``mods`` run inside it, next to the handlers (they see plain
+    updates); ``outer_mods`` run outside everything, the error sanitiser included (they see
+    exactly what leaves the site, e.g. masked vectors, key shares and sanitised errors).
     """
-    app = ClientApp(mods=[*outer_mods, secure_aggregation_mod, *mods])
+
+    def site_of(context: Context) -> str:
+        # Called while handling a failure: a broken config must not hide which site failed.
+        try:
+            return site_for_node(load_config(context), context.node_config)
+        except Exception:  # noqa: BLE001
+            return f"partition {context.node_config.get('partition-id', '?')}"
+
+    app = ClientApp(mods=[*outer_mods, sanitising_mod(site_of), secure_aggregation_mod, *mods])
     # One runtime per (config, site) per process: resolving a site's view of a federation of
     # hundreds of sites costs ~0.3 s, and a simulation process serves many nodes and rounds.
     runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}
@@ -76,39 +81,44 @@ def build_client_app(
         else:
             state, config = msg.content["arrays"].to_torch_state_dict(), msg.content["config"]
         cached = context.state[LEDGER_KEY]["json"] if LEDGER_KEY in context.state else None
+        cached_svt = context.state[SVT_LEDGER_KEY]["json"] if SVT_LEDGER_KEY in context.state else None
+        # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
+        server_round = int(config["server-round"]) + int(config.get("round-offset", 0))
 
-        try:
-            outcome = site.train_round(
-                state,
-                # A resumed coordinator counts its rounds from 1 again; round-offset says where it resumed.
-                server_round=int(config["server-round"]) + int(config.get("round-offset", 0)),
-                planned_rounds=int(config["num-rounds"]),
-                cached_ledger=cached,
-                frozen_sha256=str(config["frozen-sha256"]),
-            )
-        except PrivacyBudgetExceeded as err:
-            return Message(error=Error(code=BUDGET_REFUSED, reason=str(err)), reply_to=msg)
-        except NonPrivateRefused as err:
-            return Message(error=Error(code=NON_PRIVATE_REFUSED, reason=str(err)), reply_to=msg)
+        # A refusal (budget, SVT budget, privacy=none) raises; the sanitising mod turns it into a public error.
+        # strategy=svt: refused before training if the release would exceed the SVT budget.
+        svt_ledger = site.sharing.check_budget(state, cached_svt, server_round=server_round) if site.sharing is not None else None
+        outcome = site.train_round(
+            state,
+            server_round=server_round,
+            planned_rounds=int(config["num-rounds"]),
+            cached_ledger=cached,
+            frozen_sha256=str(config["frozen-sha256"]),
+        )
         if outcome.ledger_json is not None:
             context.state[LEDGER_KEY] = ConfigRecord({"json": outcome.ledger_json})
+        if not secure and site.sharing is not None:
+            release = site.sharing.release(outcome.state, state, server_round=server_round, ledger=svt_ledger)
+            if release.ledger_json is not None:
+                context.state[SVT_LEDGER_KEY] = ConfigRecord({"json": release.ledger_json})
+            arrays = ArrayRecord(array_dict={k: Array(v) for k, v in release.arrays.items()})
+            content = RecordDict({"arrays": arrays, "metrics": MetricRecord({**outcome.metrics, **release.metrics})})
+            return Message(content=content, reply_to=msg)
         if not secure:
             content = RecordDict(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
             )
             return Message(content=content, reply_to=msg)
         clip = float(config.get("update-clip-norm", 0.0))
-        try:
-            update, norm = secure_update(
-                outcome.state,
-                state,
-                clip_norm=clip if clip > 0 else None,
-                clipping_range=float(config["clipping-range"]),
-                site=site.site,
-            )
-        except UpdateRejected as err:
-            return Message(error=Error(code=UPDATE_REJECTED, reason=str(err)), reply_to=msg)
-        return Message(content=fit_res_content(update, {**outcome.metrics, "update-norm": norm}), reply_to=msg)
+        update, _norm = secure_update(
+            outcome.state,
+            state,
+            clip_norm=clip if clip > 0 else None,
+            clipping_range=float(config["clipping-range"]),
+            site=site.site,
+        )
+        # The update's norm stays here: it is one site's statistic, which SecAgg+ exists to hide.
+        return Message(content=fit_res_content(update, outcome.metrics), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

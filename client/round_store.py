@@ -15,15 +15,19 @@ site trains again; a crash after both writes re-sends the accounted update.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 UPDATE_FILE = "last_update.pt"
+LOCK_FILE = ".training.lock"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,23 @@ class StoredUpdate:
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     ledger_steps: int  # the ledger's steps once this round was accounted
+
+
+@contextmanager
+def training_lock(state_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the site's training lock: one round at a time reads, trains on and writes its ledger.
+
+    A SuperNode may still be training a round for a killed coordinator when the resumed one asks
+    for the same round; the second ClientApp waits here and then finds the stored update.
+    """
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def model_sha256(state: dict[str, torch.Tensor]) -> str:

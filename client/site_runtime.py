@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from client.evaluate import evaluate
-from client.round_store import StoredUpdate, model_sha256, released_update, save_update
+from client.round_store import StoredUpdate, model_sha256, released_update, save_update, training_lock
+from client.sparse_sharing import SparseSharing
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -66,6 +67,8 @@ class SiteRuntime:
         self.show_progress = bool(cfg.simulation.show_progress)
         weights = self.task.get("class_weights")
         self.class_weights = None if weights is None else [float(w) for w in weights]
+        # strategy=partial_sharing|svt: what of the update leaves the site (None: all of it).
+        self.sharing = SparseSharing.for_site(cfg.strategy, self.view, seed=self.seed)
 
     @property
     def data(self) -> SiteData:
@@ -167,7 +170,19 @@ class SiteRuntime:
         model = self.model_from(state, frozen_sha256)
         self._seed_round(server_round)
         if not is_private(self.view.privacy):
-            return self._train_non_private(model)
+            return self._train_non_private(model, server_round)
+        with training_lock(self.view.state_dir):
+            return self._train_private(model, state, server_round, planned_rounds, cached_ledger)
+
+    def _train_private(
+        self,
+        model: nn.Module,
+        state: dict[str, torch.Tensor],
+        server_round: int,
+        planned_rounds: int,
+        cached_ledger: str | None,
+    ) -> TrainOutcome:
+        """A DP-SGD round, or the stored update of a round already released (under the training lock)."""
         ledger = self.load_ledger(cached_ledger)
         # Asked again for a round already trained on this global model (a resumed coordinator):
         # re-send the released update instead of spending budget twice (client/round_store.py).
@@ -195,13 +210,15 @@ class SiteRuntime:
                 class_weights=self.class_weights,
                 show_progress=self.show_progress,
             )
+        self._log_training(server_round, result.mean_loss, result.num_examples)
         q, _ = self.steps_per_round()
+        # What leaves the site (common/privacy/release_inventory.py): DP-SGD's weights and public
+        # accounting. No training loss and no patient count: neither is covered by the site's ε.
         metrics = {
-            "num-examples": float(result.num_examples),
-            # DP-FedAvg accounting needs equal weights: one site, one vote.
+            # One site, one vote: DP-FedAvg accounting needs equal weights, and a count of training
+            # patients would leave the site without DP.
             "uniform-weight": 1.0,
             "site-index": float(self.index),
-            "train-loss": result.mean_loss,
             "eps-sample": result.epsilon,
             "steps": float(ledger.steps),
             "noise-multiplier": sigma,
@@ -223,7 +240,18 @@ class SiteRuntime:
         else:
             torch.manual_seed(secrets.randbits(63))
 
-    def _train_non_private(self, model: nn.Module) -> TrainOutcome:
+    def _log_training(self, server_round: int, mean_loss: float, num_examples: int) -> None:
+        # The training loss is computed from training patients without DP: it stays in the site's log.
+        line = (
+            f"site {self.site}: round {server_round} mean training loss {mean_loss:.4f} "
+            f"over {num_examples} training examples (kept at this site)"
+        )
+        if self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            log.info(line)
+
+    def _train_non_private(self, model: nn.Module, server_round: int) -> TrainOutcome:
         """``privacy=none``: the reference round without DP; refused on real files unless allowed."""
         # The site's own check: in a deployment the coordinator chose privacy=none, not the hospital.
         check_non_private_allowed(self.view)
@@ -237,11 +265,12 @@ class SiteRuntime:
             show_progress=self.show_progress,
             site=self.site,
         )
+        self._log_training(server_round, result.mean_loss, result.num_examples)
         metrics = {
+            # Without DP nothing protects the patients anyway; plain FedAvg weights by this count.
             "num-examples": float(result.num_examples),
             "uniform-weight": 1.0,
             "site-index": float(self.index),
-            "train-loss": result.mean_loss,
             "steps": float(result.steps),
         }
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=None)

@@ -204,6 +204,9 @@ def validate_config(cfg: DictConfig) -> None:
                 f"strategy.client_dp.delta={strategy.client_dp.delta:g} must be in (0, 1/sites={1 / len(names):.2g})"
             )
     aggregation = cfg.get("aggregation")
+    from common.sparse_update import check_sharing_config  # imports this module
+
+    check_sharing_config(strategy, None if aggregation is None else aggregation.name)
     if aggregation is not None and aggregation.name not in AGGREGATIONS:
         raise ConfigError(f"aggregation={aggregation.name!r} is unknown; valid: {', '.join(AGGREGATIONS)}")
     if aggregation is not None and aggregation.name == "secaggplus":

@@ -66,7 +66,8 @@ def secagg_params(aggregation: DictConfig, *, num_sites: int, client_clip_norm: 
     if not 3 <= shares <= num_sites:
         raise ConfigError(
             f"aggregation.num_shares={shares} must be in [3, sites={num_sites}]: SecAgg+ needs at least "
-            "3 sites sharing secrets, and a site can share only with the sites that exist"
+            "3 sites sharing secrets, and a site can share only with the sites that exist (with 2 sites "
+            "each could subtract its own update from the sum: use aggregation=plain)"
         )
     threshold = aggregation.reconstruction_threshold
     if threshold is None:

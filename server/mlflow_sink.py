@@ -7,8 +7,6 @@ thread, where MLflow's fluent "active run" would not be visible.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from common.models.factory import build_model
+from common.models.logged import describe_model, log_trained_model
 from common.run_config import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class MlflowSink:
     """
 
     def __init__(self, cfg: DictConfig, *, sweep: str | None = None) -> None:
+        self.cfg = cfg
         self.uri = tracking_uri(cfg.mlflow)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
@@ -124,14 +125,32 @@ class MlflowSink:
         status: str,
         stop_reason: str | None,
     ) -> None:
-        """Log the final global model, plots and summary, then close the run with ``status``."""
+        """Log the final global model (an MLflow Model), plots and summary, then close the run with ``status``.
+
+        The run is closed even when logging the model fails: as FAILED, and the error propagates
+        unless the run had already failed.
+        """
         if stop_reason:
             self.client.set_tag(self.run_id, "privmed.stop_reason", stop_reason)
-        with tempfile.TemporaryDirectory() as tmp:
-            if model_state is not None:
-                torch.save(model_state, Path(tmp) / "state_dict.pt")
-                (Path(tmp) / "model_config.yaml").write_text(OmegaConf.to_yaml(model_cfg))
-                self.client.log_artifacts(self.run_id, tmp, "model")
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path), "report")
-        self.client.set_terminated(self.run_id, status)
+        try:
+            if model_state is not None:
+                module = build_model(model_cfg)
+                module.load_state_dict(model_state, strict=True)
+                described = describe_model(self.cfg, metrics=self.client.get_run(self.run_id).data.metrics)
+                log_trained_model(
+                    module,
+                    run_id=self.run_id,
+                    described=described,
+                    registered_model_name=self.cfg.mlflow.get("registered_model_name"),
+                )
+        except Exception:
+            if status == RunStatus.to_string(RunStatus.FAILED):
+                # The federation already failed: keep its error, not this one.
+                log.exception("the failed run's last model could not be logged")
+            else:
+                status = RunStatus.to_string(RunStatus.FAILED)
+                raise
+        finally:
+            self.client.set_terminated(self.run_id, status)

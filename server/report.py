@@ -25,7 +25,7 @@ def summary_table(rows: list[dict[str, float]], *, sites: list[str], metric: str
     table.add_column("round", justify="right")
     table.add_column(metric.upper(), justify="right")
     table.add_column("eval loss", justify="right")
-    table.add_column("sites", justify="right")
+    table.add_column("sites in sum", justify="right")  # how many sites' updates the round's sum held
     for site in show_sites:
         table.add_column(f"ε {site}", justify="right")
     table.add_column("ε sample (max)", justify="right")

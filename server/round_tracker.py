@@ -60,8 +60,9 @@ class RoundTracker:
     latest_arrays: ArrayRecord | None = None
     _train: dict[str, dict[str, float]] = field(default_factory=dict)
     _eval: dict[str, float] = field(default_factory=dict)
-    _train_loss: float = float("nan")
     _eps_sample: dict[str, float] = field(default_factory=dict)
+    _eps_svt: dict[str, float] = field(default_factory=dict)
+    _bytes: dict[str, float] = field(default_factory=dict)
     _site_params_logged: set[str] = field(default_factory=set)
 
     @property
@@ -78,8 +79,11 @@ class RoundTracker:
     # -- Flower callbacks --------------------------------------------------------------
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Flower callback (plain aggregation): reject non-finite updates, then record the round."""
+        self._bytes = {}
         for record in records:
             site = self.sites[int(_metrics_of(record)["site-index"])]
+            # What the site's update cost on the wire (serialized arrays, as received).
+            self._bytes[site] = float(sum(len(a.data) for r in record.array_records.values() for a in r.values()))
             for array_record in record.array_records.values():
                 for key, array in array_record.items():
                     values = array.numpy()
@@ -98,6 +102,8 @@ class RoundTracker:
             self._train[site] = {k: float(v) for k, v in metrics.items()}
             if "eps-sample" in metrics:  # absent from non-private (privacy=none) replies
                 self._eps_sample[site] = float(metrics["eps-sample"])
+            if "eps-svt" in metrics:  # strategy=svt: cumulative SVT ε of the site's released updates
+                self._eps_svt[site] = float(metrics["eps-svt"])
         params = {}
         for site, m in self._train.items():
             if site not in self._site_params_logged and "noise-multiplier" in m:
@@ -106,11 +112,15 @@ class RoundTracker:
                 self._site_params_logged.add(site)
         if params:
             self.sink.log_site_params(params)
-        self._train_loss = _weighted([(m["train-loss"], m["num-examples"]) for m in self._train.values()])
-        return MetricRecord({"train_loss": self._train_loss, "sites_trained": float(len(self._train))})
+        # No training loss: sites keep it (computed from training patients without DP).
+        return MetricRecord({"sites_trained": float(len(self._train))})
 
     def aggregate_evaluate_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
-        """Example-weighted averages of every evaluation metric (NaN from one-class sites skipped)."""
+        """Test-example-weighted averages of every evaluation metric (NaN from one-class sites skipped).
+
+        Evaluation replies are computed on each site's held-out test patients only (not DP):
+        ``num-examples`` there is the size of the test set.
+        """
         per_site = [_metrics_of(r) for r in records]
         keys = sorted({k for m in per_site for k in m} - {"num-examples", "site-index", "uniform-weight"})
         self._eval = {k: _weighted([(m[k], m["num-examples"]) for m in per_site if k in m]) for k in keys}
@@ -129,7 +139,6 @@ class RoundTracker:
         row: dict[str, float] = {"round": float(server_round), **self._eval}
         # Every site whose update reached the aggregate (after dropouts and refusals).
         row.update(
-            train_loss=self._train_loss if self._train else float("nan"),
             sites_trained=float(len(self._train)),
             sites_aggregated=float(len(self._train)),
         )
@@ -137,6 +146,12 @@ class RoundTracker:
             if "eps-sample" in m:
                 row[f"site.{site}.eps_sample"] = float(m["eps-sample"])
             row[f"site.{site}.steps"] = float(m["steps"])
+            if "eps-svt" in m:
+                row[f"site.{site}.eps_svt"] = float(m["eps-svt"])
+        if self._eps_svt:
+            row["eps_svt"] = max(self._eps_svt.values())
+        if self._bytes:
+            row["bytes_per_site"] = sum(self._bytes.values()) / len(self._bytes)
         if self._eps_sample:
             row["eps_sample_max"] = max(self._eps_sample.values())
         if self.client_epsilon is not None:
@@ -144,7 +159,7 @@ class RoundTracker:
         self.rows.append(row)
         self.sink.log_round(server_round, {k: v for k, v in row.items() if k != "round" and not math.isnan(v)})
         trained = len(self._train)
-        self._train, self._eval = {}, {}
+        self._train, self._eval, self._bytes = {}, {}, {}
         if self.on_round_end is not None:
             self.on_round_end(server_round, arrays)
         if trained == 0:

@@ -16,7 +16,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from common.federation_config import ConfigError, site_names, validate_config
+from common.federation_config import ConfigError, is_private, site_names, site_views, validate_config
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
 from common.run_config import config_from_run_config, tracking_uri
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -44,6 +44,8 @@ class FederationReport:
     planned_rounds: int = 0
     # One line per site that failed or refused in the run: "<site> (rounds …): <reason>".
     failures: list[str] = field(default_factory=list)
+    # The final global model's exchanged weights (what every site received last); None if no round ran.
+    final_state: dict | None = None
 
 
 def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str | None = None) -> FederationReport:
@@ -115,7 +117,11 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
                 eval_timeout=timeout,
             )
         else:
-            strategy, tracker.client_epsilon = build_strategy(cfg.strategy, num_sites=len(sites), tracker=tracker)
+            # Only a federation without any DP site weights by patient counts (README "What leaves a hospital").
+            by_examples = not any(is_private(view.privacy) for view in site_views(cfg).values())
+            strategy, tracker.client_epsilon = build_strategy(
+                cfg.strategy, num_sites=len(sites), tracker=tracker, weight_by_examples=by_examples
+            )
             continue_from(strategy, resumed)
             strategy.start(
                 grid=grid,
@@ -134,6 +140,8 @@ def run_federation(grid: Grid, cfg: DictConfig, *, context: Context, sweep: str 
         raise
     finally:
         report.rows, report.failures = tracker.rows, failures.lines()
+        if tracker.latest_arrays is not None:
+            report.final_state = tracker.latest_arrays.to_torch_state_dict()
         text = print_summary(
             tracker.rows, sites=sites, metric=cfg.task.metric, stop_reason=report.stop_reason, failures=report.failures
         )

@@ -123,13 +123,19 @@ def main(cfg: DictConfig) -> float:
         sys.exit(EXIT_INVALID_CONFIG)
     final = report.rows[-1].get(report.metric, math.nan) if report.rows else math.nan
     print(f"MLflow run {report.run_id} in {report.tracking_uri}: final {report.metric}={final:.3f}")
-    if report.stop_reason is not None or len(report.rows) < report.planned_rounds:
-        # Exit status 1: the planned rounds did not all complete (README "Failures and exit status").
-        # A multirun keeps going: one stopped job must not end the sweep's other jobs.
+    status = exit_status(report)
+    if status != 0:
         print(f"privmed-simulate: the federation stopped early: {report.stop_reason}", file=sys.stderr)
+        # A multirun keeps going: one stopped job must not end the sweep's other jobs.
         if sweep is None:
-            sys.exit(EXIT_STOPPED_EARLY)
+            sys.exit(status)
     return float(final)
+
+
+def exit_status(report: FederationReport) -> int:
+    """0 when every planned round completed (sites may have dropped), else ``EXIT_STOPPED_EARLY``."""
+    completed = report.stop_reason is None and len(report.rows) >= report.planned_rounds
+    return 0 if completed else EXIT_STOPPED_EARLY
 
 
 if __name__ == "__main__":

@@ -94,6 +94,17 @@ def one_line(reason: str) -> str:
     return line if len(line) <= _MAX_REASON_CHARS else line[: _MAX_REASON_CHARS - 1] + "…"
 
 
+def _round_of(msg: Message) -> str:
+    """Flower's round of a sent message: its group id (legacy workflows), else its config's ``server-round``."""
+    if msg.metadata.group_id.isdigit():
+        return msg.metadata.group_id
+    if msg.has_content():
+        for record in msg.content.config_records.values():
+            if "server-round" in record:
+                return str(int(record["server-round"]))
+    return msg.metadata.group_id
+
+
 class RecordingGrid(Grid):
     """Flower's grid, unchanged, except that failed and missing replies are noted in ``failures``."""
 
@@ -105,17 +116,26 @@ class RecordingGrid(Grid):
         """Flower's ``send_and_receive``; then note error replies and destinations that never replied."""
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        # The SuperLink answers for a node that stopped sending heartbeats ("Node Unavailable") as
+        # itself, without the round: the message a reply answers names the node and the round.
+        sent = {m.metadata.message_id: m for m in messages if m.metadata.message_id}
+        # Error replies may come without the round; the messages of one call are one round's.
+        rounds = {_round_of(m) for m in messages}
+        round_sent = rounds.pop() if len(rounds) == 1 else ""
         answered = set()
         for reply in replies:
-            answered.add(reply.metadata.src_node_id)
+            request = sent.get(reply.metadata.reply_to_message_id)
+            node = request.metadata.dst_node_id if request is not None else reply.metadata.src_node_id
+            answered.add(node)
             if reply.has_error():
-                self.failures.record(reply.metadata.src_node_id, reply.metadata.group_id, reply.error.reason)
+                group = _round_of(request) if request is not None else (reply.metadata.group_id or round_sent)
+                self.failures.record(node, group, reply.error.reason)
             else:
                 self.failures.learn(reply)
         for msg in messages:
             if msg.metadata.dst_node_id not in answered:
                 self.failures.record(
-                    msg.metadata.dst_node_id, msg.metadata.group_id, f"no reply within {timeout:g}s (node lost or too slow)"
+                    msg.metadata.dst_node_id, _round_of(msg), f"no reply within {timeout:g}s (node lost or too slow)"
                     if timeout is not None else "no reply (node lost)"
                 )
         return replies

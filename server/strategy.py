@@ -14,15 +14,23 @@ from typing import Any
 import numpy as np
 
 from common.secagg_params import client_clip_norm, secagg_params
+from common.sparse_update import SPARSE_STRATEGIES
 from server.client_privacy import AccountedAdaptiveClipping, client_accountant
 from server.round_tracker import RoundTracker
 from server.secure_aggregation import SecureDpFedAvg
+from server.sparse_strategy import SparseFedAvg
 
-STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive")
+STRATEGIES = ("fedavg", "dp_fedavg", "dp_fedavg_adaptive", *SPARSE_STRATEGIES)
 
 
-def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTracker) -> tuple[Strategy, Callable[[], float] | None]:
+def build_strategy(
+    strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTracker, weight_by_examples: bool = False
+) -> tuple[Strategy, Callable[[], float] | None]:
     """Return the strategy and, when client-level DP is on, a function giving cumulative ε.
+
+    ``weight_by_examples`` (only when no site trains with DP): plain FedAvg weights each site by
+    its ``num-examples``. Private sites send no patient count, so every other case is one site,
+    one vote (``uniform-weight``).
 
     Raises
     ------
@@ -32,14 +40,22 @@ def build_strategy(strategy_cfg: DictConfig, *, num_sites: int, tracker: RoundTr
     if strategy_cfg.name not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy_cfg.name!r}; valid: {', '.join(STRATEGIES)}")
     dp = strategy_cfg.client_dp
-    base = FedAvg(
+    # Sparse strategies: sites send the shared coordinates of their update, not weights.
+    sparse = (
+        {"fraction": float(strategy_cfg.fraction), "site_of": lambda m: tracker.sites[int(m["site-index"])]}
+        if strategy_cfg.name in SPARSE_STRATEGIES
+        else {}
+    )
+    base = (SparseFedAvg if sparse else FedAvg)(
+        **sparse,
         fraction_train=strategy_cfg.fraction_train,
         fraction_evaluate=strategy_cfg.fraction_evaluate,
         min_train_nodes=num_sites if dp is not None else 2,
         min_evaluate_nodes=2,
         min_available_nodes=num_sites,
-        # Client-level DP accounting assumes one site, one vote.
-        weighted_by_key="uniform-weight" if dp is not None else "num-examples",
+        # Client-level DP accounting assumes one site, one vote; and a private site's exact count of
+        # training patients would leave it without DP (common/privacy/release_inventory.py).
+        weighted_by_key="num-examples" if weight_by_examples and dp is None else "uniform-weight",
         train_metrics_aggr_fn=tracker.aggregate_train_metrics,
         evaluate_metrics_aggr_fn=tracker.aggregate_evaluate_metrics,
     )

@@ -7,6 +7,7 @@ Rows come from :func:`server.sweep_report.collect`: one per child run, with its 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,24 +24,27 @@ EPS_AXES = (("eps_sample_max", "sample-level ε (max over sites)"), ("eps_client
 MAX_LABELS = 12
 
 
-def points(rows: pd.DataFrame, eps: str, *, metric: str, seed_swept: bool) -> pd.DataFrame:
-    """Private runs with a metric and an ε, one point each; mean ± std over seeds when swept.
+def setting_keys(rows: pd.DataFrame, swept: Sequence[str]) -> list[str]:
+    """Swept params that vary among the private runs, seed left out (seeds are averaged)."""
+    private = rows[rows["privacy"] == "dp"]
+    return [k for k in swept if k != SEED_PARAM and private[k].nunique() > 1]
 
-    Returns columns ``setting``, ``eps``, ``mean``, ``std`` and ``n`` (runs per point).
+
+def points(rows: pd.DataFrame, eps: str, *, metric: str, keys: Sequence[str]) -> pd.DataFrame:
+    """Private runs with a metric and an ε: one point per setting of ``keys``, mean ± std over the rest.
+
+    Runs that differ only outside ``keys`` (their seed) are one point. Returns columns
+    ``setting``, ``eps``, ``mean``, ``std`` (0 for a single run) and ``n`` (runs per point).
     """
     private = rows[(rows["privacy"] == "dp") & rows[metric].notna() & rows[eps].notna()]
     if private.empty:
         return pd.DataFrame(columns=["setting", "eps", "mean", "std", "n"])
-    if seed_swept:
-        # Runs differing only in their seed are one setting: drop seed=... from the label.
-        label = private["setting"].str.replace(rf"(^| ){SEED_PARAM}=\S+", "", regex=True).str.strip()
-    else:
-        label = private["setting"]
+    label = private.apply(lambda r: " ".join(f"{k}={r[k]}" for k in keys), axis=1) if keys else "all runs"
     grouped = private.assign(label=label).groupby("label", sort=False)
     out = pd.DataFrame({
         "eps": grouped[eps].mean(),
         "mean": grouped[metric].mean(),
-        # Sample standard deviation over the seeds of one setting (0 for a single run).
+        # Sample standard deviation over the seeds of one setting.
         "std": grouped[metric].std(ddof=1).fillna(0.0),
         "n": grouped[metric].size(),
     }).reset_index(names="setting")
@@ -54,22 +58,28 @@ def reference(rows: pd.DataFrame, references: pd.DataFrame, *, metric: str) -> p
 
 
 def write_plot(
-    rows: pd.DataFrame, references: pd.DataFrame, out_dir: Path, *, metric: str, seed_swept: bool, title: str
+    rows: pd.DataFrame, references: pd.DataFrame, out_dir: Path, *, metric: str, swept: Sequence[str], title: str
 ) -> Path:
-    """Final metric against sample-level ε (and client-level ε where present)."""
+    """Final metric against sample-level ε (and client-level ε where present).
+
+    Points are joined by a line when the sweep varies one setting (besides the seed); a search
+    over several settings (e.g. ``hparams_search``) is drawn as a scatter.
+    """
+    keys = setting_keys(rows, swept)
+    joined = len(keys) <= 1
     axes_wanted = [(col, label) for col, label in EPS_AXES if col == "eps_sample_max" or rows[col].notna().any()]
     fig, axes = plt.subplots(1, len(axes_wanted), figsize=(6.5 * len(axes_wanted), 4.5), squeeze=False)
     ref = reference(rows, references, metric=metric)
     for ax, (col, label) in zip(axes[0], axes_wanted):
-        pts = points(rows, col, metric=metric, seed_swept=seed_swept)
-        spread = " (mean ± std over seeds)" if seed_swept else ""
+        pts = points(rows, col, metric=metric, keys=keys)
+        averaged = bool((pts["n"] > 1).any())
         if not pts.empty:
-            ax.errorbar(pts["eps"], pts["mean"], yerr=pts["std"] if seed_swept else None, marker="o",
-                        capsize=4, linestyle="-" if pts["setting"].nunique() == len(pts) else "none",
-                        label=f"DP-SGD runs{spread}")
+            ax.errorbar(pts["eps"], pts["mean"], yerr=pts["std"] if averaged else None, marker="o",
+                        capsize=4, linestyle="-" if joined else "none",
+                        label="DP-SGD runs" + (" (mean ± std over seeds)" if averaged else ""))
             if len(pts) <= MAX_LABELS:
                 for _, p in pts.iterrows():
-                    text = _short(p["setting"]) + (f" (n={p['n']})" if seed_swept else "")
+                    text = _short(p["setting"]) + (f" (n={p['n']})" if averaged else "")
                     ax.annotate(text, (p["eps"], p["mean"]), textcoords="offset points", xytext=(4, 6), fontsize=7)
             if (pts["eps"] > 0).all() and pts["eps"].max() / pts["eps"].min() > 10:
                 ax.set_xscale("log")

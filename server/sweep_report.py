@@ -22,10 +22,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from server.mlflow_sink import PRIVACY_TAG, SWEEP_TAG
-from server.sweep_plot import SEED_PARAM, write_csv, write_html, write_plot
+from server.sweep_plot import write_csv, write_html, write_plot
 
 REPORT_DIR = "report"
 PARENT_TAG = "mlflow.parentRunId"
+STOP_REASON_TAG = "privmed.stop_reason"
 # Per-site values each site calibrates (σ, sampling rate) differ with ε without being swept.
 DERIVED_PARAM_PREFIXES = ("site.",)
 # Metrics a privmed run may end with (task.metric), when a run does not say which.
@@ -42,9 +43,9 @@ class ReportError(Exception):
 class SweepReport:
     """What a report holds: the table, the non-private references and where the files went.
 
-    ``rows`` has one row per child run: ``run_id``, ``status``, ``privacy`` (dp | none),
+    ``rows`` has one row per child run: ``run_id``, ``status``, ``stop_reason``, ``privacy`` (dp | none),
     ``setting`` (the swept overrides as one string), one column per swept param, the final
-    metric (named after it), ``eps_sample_max``, ``eps_client``, ``delta``, ``rounds`` and
+    metric (named after it), ``eps_sample_max``, ``eps_client``, ``eps_svt``, ``delta``, ``rounds`` and
     ``wall_time_s``. ``references`` has the same columns for non-private runs given by id.
     """
 
@@ -128,6 +129,8 @@ def run_row(client: MlflowClient, run: Run, *, metric: str, swept: Sequence[str]
     row: dict[str, object] = {
         "run_id": run.info.run_id,
         "status": run.info.status,
+        # Why a run ended before its planned rounds (budget, failed sites), as the run tagged it.
+        "stop_reason": run.data.tags.get(STOP_REASON_TAG, ""),
         "privacy": run.data.tags.get(PRIVACY_TAG, "dp"),
         "setting": " ".join(f"{k}={params.get(k, '—')}" for k in swept),
     }
@@ -136,6 +139,8 @@ def run_row(client: MlflowClient, run: Run, *, metric: str, swept: Sequence[str]
         metric: history[-1][2] if history else math.nan,
         "eps_sample_max": metrics.get("eps_sample_max", math.nan),
         "eps_client": metrics.get("eps_client", math.nan),
+        # strategy=svt: the sites' sparse-selection ε (max over sites), spent on top of eps_sample_max.
+        "eps_svt": metrics.get("eps_svt", math.nan),
         "delta": float(params["privacy.delta"]) if row["privacy"] == "dp" and "privacy.delta" in params else math.nan,
         # Rounds completed: a run stopped by its privacy budget has fewer than planned.
         "rounds": history[-1][0] if history else 0,
@@ -176,9 +181,8 @@ def build_report(
     report = collect(client, parent_run_id, references=references)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_swept = SEED_PARAM in report.swept
     files = [
-        write_plot(report.rows, report.references, out, metric=report.metric, seed_swept=seed_swept, title=_title(report)),
+        write_plot(report.rows, report.references, out, metric=report.metric, swept=report.swept, title=_title(report)),
         write_csv(report.rows, out),
         write_html(report.rows, report.references, out, metric=report.metric, title=_title(report)),
     ]

@@ -33,6 +33,9 @@ def tiny_config(tmp_path) -> Callable[..., DictConfig]:
             "device=cpu",
             # Tests compare runs; production noise is seeded from the OS (tested in test_site_runtime).
             "privacy.reproducible_noise=true",
+            # The default is SecAgg+; tests of the round loop, the strategies and tracking assume the
+            # plain path (faster). SecAgg+ tests say aggregation=secaggplus.
+            "aggregation=plain",
             *(TINY_SITES if small_sites else []),
         ]
         return compose_config([*base, *overrides])

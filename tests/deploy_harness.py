@@ -31,6 +31,18 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def running(pid: int, marker: str) -> set[int]:
+    """Live descendants of ``pid`` whose command line contains ``marker`` (e.g. a ClientApp process)."""
+    found = set()
+    for child in descendants(pid):
+        try:
+            if marker in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.add(child)
+        except OSError:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """All live descendants of ``pid`` (from /proc; sessions and groups do not matter)."""
     children: dict[int, list[int]] = {}
@@ -58,6 +70,7 @@ class Started:
     name: str
     proc: subprocess.Popen
     log: Path
+    cwd: Path | None = None
 
 
 class Processes:
@@ -82,7 +95,7 @@ class Processes:
                 cmd, cwd=cwd, env={**self.env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        started = Started(name, proc, log)
+        started = Started(name, proc, log, cwd)
         self.started.append(started)
         return started
 
@@ -132,6 +145,19 @@ class Processes:
         for pid in pids:
             _signal(pid, signal.SIGKILL)
         started.proc.wait()
+
+    def kill(self, started: Started) -> None:
+        """SIGKILL the process group and every descendant at once: a crash, no chance to clean up."""
+        pids = [started.proc.pid, *descendants(started.proc.pid)]
+        _signal_group(started.proc.pid, signal.SIGKILL)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        started.proc.wait()
+
+    def restart(self, started: Started, *, env: dict[str, str] | None = None) -> Started:
+        """Start ``started``'s command again (same arguments and cwd), logging to ``<name>-restarted.log``."""
+        args = started.proc.args
+        return self.start(f"{started.name}-restarted", list(args), cwd=started.cwd, env=env)
 
     def stop_all(self) -> None:
         """Stop every started process, newest first."""

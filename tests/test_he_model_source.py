@@ -10,7 +10,9 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from omegaconf import OmegaConf
 
 from common.he.model_source import ModelSourceError, load_model
+from common.he.plan import plan_from_model
 from common.models import build_model
+from common.models.logged import describe_model, log_trained_model
 from common.run_config import compose_config
 
 
@@ -60,6 +62,18 @@ def test_mlflow_model_in_a_run(logged):
         mlflow.log_text(OmegaConf.to_yaml(cfg), "config/resolved_config.yaml")
     loaded = load_model(f"runs:/{run.info.run_id}/model")
     assert _same_output(loaded.module, model) and loaded.image_size == 32
+
+
+def test_privmed_logged_model_is_rebuilt_for_the_plan(logged):
+    """The final model as runs log it (pt2 MLflow Model): the served module is he_cnn's own layers."""
+    cfg, model, client = logged
+    run = client.create_run(client.create_experiment("he-logged")).info.run_id
+    log_trained_model(model, run_id=run, described=describe_model(cfg, metrics={}), registered_model_name="he-source")
+    for reference in (f"runs:/{run}/model", "models:/he-source/1"):
+        loaded = load_model(reference)
+        assert _same_output(loaded.module, model) and loaded.image_size == 32
+        assert loaded.windows == [None, [0.0, 200.0]] and loaded.class_names == ["NORMAL", "PNEUMONIA"]
+        plan_from_model(loaded.module, image_size=loaded.image_size)
 
 
 def test_local_state_dict_file_or_folder(logged, tmp_path):

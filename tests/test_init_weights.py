@@ -10,6 +10,7 @@ from torchvision.models import resnet18
 
 from common.models import build_model, frozen_digest, initial_model
 from common.models.init_weights import InitWeightsError, imagenet_file
+from common.models.logged import describe_model, log_trained_model
 
 
 def _saved_model(tiny_config, tmp_path, *overrides: str):
@@ -45,22 +46,27 @@ def test_weights_of_another_model_are_refused_naming_the_file_and_keys(tiny_conf
 
 def test_init_from_an_mlflow_run_reads_its_model(tiny_config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    source, path = _saved_model(tiny_config, tmp_path)
+    source, path = _saved_model(tiny_config, tmp_path, "model=small_cnn")
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("init")
-    # A run with model/state_dict.pt only (the fallback) and one with an MLflow pytorch Model.
+    # An older run with model/state_dict.pt only (the fallback), and the MLflow Model runs log now.
     old = client.create_run(experiment).info.run_id
     client.log_artifact(old, str(path), "model")
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.pytorch.log_model(source, name="model", pip_requirements=[], serialization_format="pickle")
-    for run_id in (old, run.info.run_id):
-        cfg = tiny_config(f"model.init=runs:/{run_id}/model")
+    new = client.create_run(experiment).info.run_id
+    described = describe_model(tiny_config("model=small_cnn"), metrics={})
+    log_trained_model(source, run_id=new, described=described, registered_model_name="init-source")
+    for init in (f"runs:/{old}/model", f"runs:/{new}/model", "models:/init-source/1"):
+        cfg = tiny_config("model=small_cnn", f"model.init={init}")
         model = initial_model(cfg.model, cfg.seed, tracking_uri=uri)
-        torch.testing.assert_close(model.state_dict()["conv1.weight"], source.state_dict()["conv1.weight"])
+        for key, value in source.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value)
     with pytest.raises(InitWeightsError, match="run 0+ has neither an MLflow model nor model/state_dict.pt"):
         cfg = tiny_config("model.init=runs:/" + "0" * 32 + "/model")
+        initial_model(cfg.model, cfg.seed, tracking_uri=uri)
+    with pytest.raises(InitWeightsError, match="models:/absent/1: no MLflow model there"):
+        cfg = tiny_config("model.init=models:/absent/1")
         initial_model(cfg.model, cfg.seed, tracking_uri=uri)
 
 

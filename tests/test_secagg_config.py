@@ -104,8 +104,8 @@ class _ListSink:
 
 
 def _site_metrics(index):
-    return {"site-index": index, "eps-sample": 1.0, "noise-multiplier": 1.0, "sample-rate": 0.1, "train-loss": 0.5,
-            "num-examples": 10.0, "steps": 3.0}
+    return {"site-index": index, "eps-sample": 1.0, "noise-multiplier": 1.0, "sample-rate": 0.1, "uniform-weight": 1.0,
+            "steps": 3.0}
 
 
 @pytest.mark.parametrize("survivors", [2, 5])

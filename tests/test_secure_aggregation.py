@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from client.secure_messages import is_secure_fit
 from common.models import exchanged_state, initial_model
+from common.models.logged import load_trained_model
 from server.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -29,9 +30,7 @@ def _history(report, key):
 
 
 def _final_exchanged(report, cfg, tmp_path, name):
-    client = MlflowClient(report.tracking_uri)
-    path = client.download_artifacts(report.run_id, "model/state_dict.pt", str(tmp_path / name))
-    full = torch.load(path)
+    full = load_trained_model(f"runs:/{report.run_id}/model", tracking_uri=report.tracking_uri).module.state_dict()
     return {k: full[k] for k in exchanged_state(initial_model(cfg.model, cfg.seed))}
 
 

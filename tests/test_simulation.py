@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from independent_accounting import gaussian_epsilon, sample_level_epsilon
 from mlflow.tracking import MlflowClient
 
 from common.models import build_model
+from common.models.logged import load_trained_model
 from common.privacy.site_accountant import LEDGER_FILE
 from server.simulate import simulate
 
@@ -67,10 +67,10 @@ def test_classification_federation_logs_metrics_epsilon_and_model(tiny_config, t
     assert eps_max[-1][1] == pytest.approx(max(_history(client, run.info.run_id, f"site.{s}.eps_sample")[-1][1] for s in SITES))
     assert "eps_client" not in run.data.metrics
     artifacts = _artifacts(client, run.info.run_id)
-    assert {"model/state_dict.pt", "config/resolved_config.yaml", "report/progress.png", "report/summary.txt"} <= set(artifacts)
-    # The logged model is complete (frozen + trained weights) and loads into a plain model.
-    local = client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
-    build_model(cfg.model).load_state_dict(torch.load(local), strict=True)
+    assert {"config/resolved_config.yaml", "report/progress.png", "report/summary.txt"} <= set(artifacts)
+    # The logged MLflow Model is complete (frozen + trained weights) and loads into a plain model.
+    trained = load_trained_model(f"runs:/{run.info.run_id}/model", tracking_uri=report.tracking_uri)
+    build_model(cfg.model).load_state_dict(trained.module.state_dict(), strict=True)
 
 
 @pytest.mark.parametrize("task,metric", [("classification", "auc"), ("segmentation", "dice")])
@@ -119,7 +119,7 @@ def test_client_budget_stops_the_run_cleanly(tiny_config):
     assert "exceed" in report.stop_reason
     assert [s for s, _ in _history(client, run.info.run_id, "eps_client")] == [1]
     assert run.data.tags["privmed.stop_reason"] == report.stop_reason
-    assert "model/state_dict.pt" in _artifacts(client, run.info.run_id)
+    assert [m.model_id for m in run.outputs.model_outputs]  # the final model was logged
 
 
 def test_sites_refusing_beyond_their_budget_end_the_run(tiny_config):
@@ -136,7 +136,7 @@ def test_multirun_sweep_makes_child_runs_under_one_parent(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'sweep.db'}")
     cmd = [
         sys.executable, "-m", "server.simulate", "-m", "privacy.noise_multiplier=1.5,2.0",
-        "federation.num_rounds=1", "training.batch_size=16", "simulation.show_progress=false",
+        "federation.num_rounds=1", "training.batch_size=16", "simulation.show_progress=false", "aggregation=plain",
         *[f"federation.sites.hospital_{s}.data.num_train=64" for s in "abc"],
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.report import print_summary
+from server.server_app import FederationReport
+from server.simulate import exit_status
 from server.site_failures import SiteFailures, one_line
 
 SITES = ["hospital_a", "hospital_b"]
@@ -62,3 +64,20 @@ def test_summary_lists_failed_sites_and_why_the_run_stopped():
     assert "failed" not in print_summary(rows, sites=SITES, metric="auc", stop_reason=None)
     long_line = "hospital_b (round 1): " + "x" * 150
     assert long_line in print_summary(rows, sites=SITES, metric="auc", stop_reason=None, failures=[long_line])
+
+
+@pytest.mark.parametrize(
+    "rows,stop_reason,status",
+    [
+        (2, None, 0),  # every planned round, whatever sites dropped on the way
+        (2, "no site trained in round 2", 1),  # the last round trained nobody
+        (1, "the next round would exceed client-level max_epsilon", 1),
+        (1, None, 1),  # fewer rounds than planned without a stated reason
+    ],
+)
+def test_exit_status_says_whether_the_planned_rounds_completed(rows, stop_reason, status):
+    report = FederationReport(
+        rows=[{"round": float(r)} for r in range(1, rows + 1)], stop_reason=stop_reason, planned_rounds=2,
+        failures=["hospital_b (round 1): site hospital_b: DataError"],
+    )
+    assert exit_status(report) == status

@@ -2,10 +2,12 @@
 
 Accepted, in this order:
 
-- an MLflow Model (``runs:/<id>/model`` once runs log one, ``models:/<name>/<version>``, or a
-  local folder with an ``MLmodel`` file): ``mlflow.pytorch.load_model`` returns the module;
-- a run's ``model/state_dict.pt`` + ``model/model_config.yaml`` (``runs:/<id>/model``), with
-  the run's ``config/resolved_config.yaml`` for the sites' intensity windows;
+- an MLflow Model (``runs:/<id>/model``, ``models:/<name>/<version>``, or a local folder with an
+  ``MLmodel`` file): privmed's logged model is rebuilt with its metadata
+  (:func:`common.models.logged.load_trained_model`), another pytorch Model is
+  ``mlflow.pytorch.load_model``'s module with the run's config;
+- an older run's ``model/state_dict.pt`` + ``model/model_config.yaml`` (``runs:/<id>/model``),
+  with the run's ``config/resolved_config.yaml`` for the sites' intensity windows;
 - a local ``state_dict.pt`` (or a folder holding it) with ``model_config.yaml`` beside it.
 
 Besides the module, inference needs the input size and how training prepared pixels (each
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from common.models.factory import build_model
+from common.models.logged import METADATA_KEY, load_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,13 @@ def _from_mlflow_model(reference: str, folder: Path, run_config: DictConfig | No
     import mlflow
     from mlflow.models import Model
 
+    metadata: dict[str, Any] = (Model.load(str(folder)).metadata or {}).get(METADATA_KEY) or {}
+    if "model" in metadata:
+        # privmed's own logged model: rebuilt as the nn.Module that was trained (the plan needs its layers).
+        trained = load_trained_model(str(folder))
+        windows = _distinct(trained.windows)
+        return LoadedModel(trained.module, trained.image_size, windows, trained.class_names, reference)
     module = mlflow.pytorch.load_model(str(folder), map_location="cpu").eval()
-    metadata: dict[str, Any] = (Model.load(str(folder)).metadata or {}).get("privmed") or {}
     if "image_size" in metadata:
         image_size = int(metadata["image_size"])
     elif run_config is not None:

@@ -2,8 +2,8 @@
 
 - ``seeded``: the seeded random initialisation (rebuilt identically from ``seed`` everywhere);
 - ``/abs/path/state_dict.pt``: a ``torch.save``\\ d state dict of this model;
-- ``runs:/<run id>/model``: the final model an earlier privmed run logged to MLflow (an MLflow
-  pytorch Model, or that run's ``model/state_dict.pt``);
+- ``runs:/<run id>/model`` or ``models:/<name>/<version>``: the final model an earlier privmed
+  run logged to MLflow (an MLflow pytorch Model; runs from before it was one: ``model/state_dict.pt``);
 - ``imagenet``: torchvision's ImageNet ResNet weights, read from the torch hub cache (never
   downloaded: the error names the file to place there). A ResNet gets the whole backbone, the
   UNet its encoder; the head stays seeded.
@@ -24,6 +24,7 @@ from torch import nn
 SEEDED = "seeded"
 IMAGENET = "imagenet"
 RUNS_PREFIX = "runs:/"
+MODELS_PREFIX = "models:/"
 # torchvision's ImageNet checkpoints, by ResNet depth (file names of the IMAGENET1K_V1 weights).
 _IMAGENET_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth"}
 _IMAGENET_URL = "https://download.pytorch.org/models/"
@@ -61,11 +62,13 @@ def read_init_state(init: str, *, tracking_uri: str | None, depth: int = 18) -> 
                 "fetched on a machine with internet access), or set TORCH_HOME to where it is"
             )
         return _load_file(path, init)
-    if init.startswith(RUNS_PREFIX):
+    if init.startswith((RUNS_PREFIX, MODELS_PREFIX)):
         return _from_mlflow(init, tracking_uri)
     path = Path(init)
     if not path.is_absolute():
-        raise InitWeightsError(f"model.init={init!r}: use seeded, imagenet, runs:/<run id>/model or an absolute path")
+        raise InitWeightsError(
+            f"model.init={init!r}: use seeded, imagenet, runs:/<run id>/model, models:/<name>/<version> or an absolute path"
+        )
     if not path.is_file():
         raise InitWeightsError(
             f"model.init={init}: no such file here; every site needs the same file at this path "
@@ -89,11 +92,17 @@ def _load_file(path: Path, source: str) -> dict[str, torch.Tensor]:
 def _from_mlflow(uri: str, tracking_uri: str | None) -> dict[str, torch.Tensor]:
     import mlflow
 
-    run_id = uri[len(RUNS_PREFIX):].split("/")[0]
     try:
-        # The logged MLflow pytorch Model (the contract of the final model), if the run has one.
+        # The logged MLflow pytorch Model (the contract of the final model; torch.export's
+        # module keeps the trained module's state-dict keys).
         return {k: v.detach().cpu() for k, v in _load_mlflow_model(uri, tracking_uri).state_dict().items()}
     except Exception as model_err:  # no MLmodel: older runs log model/state_dict.pt only
+        if not uri.startswith(RUNS_PREFIX):
+            raise InitWeightsError(
+                f"model.init={uri}: no MLflow model there at {tracking_uri or os.environ.get('MLFLOW_TRACKING_URI')} "
+                f"({str(model_err).splitlines()[0]})"
+            ) from model_err
+        run_id = uri[len(RUNS_PREFIX):].split("/")[0]
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{RUNS_PREFIX}{run_id}/model/state_dict.pt", tracking_uri=tracking_uri

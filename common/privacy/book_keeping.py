@@ -115,6 +115,8 @@ class BookKeepingClipper:
     @torch.no_grad()
     def _on_backprop(self, record: _Record, b: torch.Tensor) -> None:
         # 3. This layer's share of ‖g_i‖², then keep the smaller of per-sample gradients or (a, b).
+        if self._sq is None:  # a backward pass that is not this clipper's: nothing to record
+            return
         module, a = record.module, record.activation
         n = b.shape[0]
         if norm_method(module, b) != PER_SAMPLE:

@@ -57,7 +57,8 @@ def _work_bytes_per_sample(module: nn.Module, backprop: torch.Tensor, method: st
     """Temporaries one sample needs: unfolded input plus the Gram matrices or the gradient."""
     shape = _matrix_shape(module, backprop)
     if shape is None:
-        return sum(p.numel() for p in _trainable(module)) + backprop[0].numel()
+        # Opacus' samplers for norms and the like recompute the layer's output and multiply it by b.
+        return sum(p.numel() for p in _trainable(module)) + 3 * backprop[0].numel()
     positions, d, p = shape
     unfolded = positions * d if isinstance(module, nn.Conv2d) else 0
     return unfolded + (2 * positions * positions if method == GHOST else d * p)
@@ -142,8 +143,10 @@ def per_sample_grads_chunked(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """:func:`per_sample_grads` in chunks of samples (temporaries below ``chunk_bytes``), written in place."""
     n = activation.shape[0]
-    out = {p: torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in _trainable(module)}
     step = _chunk_size(module, backprop, PER_SAMPLE, chunk_bytes)
+    if step >= n:  # one chunk: no copy
+        return per_sample_grads(module, activation, backprop)
+    out = {p: torch.empty((n, *p.shape), dtype=p.dtype, device=p.device) for p in _trainable(module)}
     for i in range(0, n, step):
         for p, g in per_sample_grads(module, activation[i : i + step], backprop[i : i + step]).items():
             out[p][i : i + step] = g

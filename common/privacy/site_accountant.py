@@ -23,7 +23,17 @@ _SCHEMA = 1
 
 
 class PrivacyBudgetExceeded(RuntimeError):
-    """A site refused to train because the round would exceed its privacy budget."""
+    """A site refused to train because the round would exceed its privacy budget.
+
+    ``epsilon``, ``projected`` and ``budget`` are kept as numbers: they are public accounting,
+    and the only detail a refusal sends to the coordinator (``client/error_replies.py``).
+    """
+
+    def __init__(
+        self, message: str, *, epsilon: float | None = None, projected: float | None = None, budget: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.epsilon, self.projected, self.budget = epsilon, projected, budget
 
 
 @dataclass
@@ -81,7 +91,10 @@ class SiteAccountant:
             raise PrivacyBudgetExceeded(
                 f"site {self.site}: training {steps} more steps would raise ε from "
                 f"{self.epsilon():.3f} to {projected:.3f}, above its budget ε={budget:g} "
-                f"(δ={self.delta:g}); refusing this round"
+                f"(δ={self.delta:g}); refusing this round",
+                epsilon=self.epsilon(),
+                projected=projected,
+                budget=budget,
             )
         return projected
 
