@@ -16,7 +16,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 # Sub-command depth of each tool's command line: `flwr supernode register` has two.
-SUBCOMMANDS = {"flwr": 2, "mlflow": 1, "flower-superlink": 0, "flower-supernode": 0}
+SUBCOMMANDS = {"flwr": 2, "mlflow": 2, "flower-superlink": 0, "flower-supernode": 0}
 _FLAG = re.compile(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)")
 _ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
