@@ -23,6 +23,7 @@ from torch import nn
 from client.evaluate import evaluate
 from client.round_store import StoredUpdate, model_sha256, released_update, save_update, training_lock
 from client.sparse_sharing import SparseSharing
+from client.timing import timed
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
 from common.device import resolve_device
@@ -95,7 +96,8 @@ class SiteRuntime:
             If the frozen weights differ from the server's (``frozen_sha256``), or the
             received weights are NaN/inf or do not fit the model.
         """
-        model = initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)
+        with timed(self.site, "model"):
+            model = initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)
         if frozen_sha256 is not None and frozen_digest(model) != frozen_sha256:
             raise ValueError(
                 f"site {self.site}: frozen weights differ from the server's (same model config, seed, "
@@ -195,11 +197,12 @@ class SiteRuntime:
                   "re-sending the stored update (no new privacy cost)", file=sys.stderr, flush=True)
             return TrainOutcome(state=stored.state, metrics=stored.metrics, ledger_json=ledger.to_json())
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        with warnings.catch_warnings():
+        data = self.data  # read (or loaded from the site's cache) before the DP-SGD timer starts
+        with warnings.catch_warnings(), timed(self.site, "dp_sgd"):
             _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
             result = dp_train(
                 model,
-                self.data.train,
+                data.train,
                 task=self.task.name,
                 training=self.view.training,
                 ledger=ledger,
@@ -277,14 +280,16 @@ class SiteRuntime:
 
     def evaluate_round(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> dict[str, float]:
         """Evaluate the global model on the site's test set."""
-        metrics = evaluate(
-            self.model_from(state, frozen_sha256),
-            self.data.test,
-            task=self.task.name,
-            batch_size=self.view.training.eval_batch_size,
-            device=self.device,
-            class_names=list(self.task.get("class_names") or []),
-        )
+        model, test = self.model_from(state, frozen_sha256), self.data.test
+        with timed(self.site, "evaluate"):
+            metrics = evaluate(
+                model,
+                test,
+                task=self.task.name,
+                batch_size=self.view.training.eval_batch_size,
+                device=self.device,
+                class_names=list(self.task.get("class_names") or []),
+            )
         metrics["site-index"] = float(self.index)
         metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
@@ -307,7 +312,8 @@ def _quiet_library_warnings(*, os_seeded: bool) -> None:
 # of a large federation rebuild its site's data (bench/scale.py).
 @lru_cache(maxsize=4096)
 def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
-    data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
+    with timed(site, "data"):
+        data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a
     # site's operator must see what was read and how many bad files were skipped.
     print(f"site {site}: {data.summary}", file=sys.stderr, flush=True)
