@@ -15,6 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,7 @@ from client.sparse_sharing import SparseSharing
 from client.timing import timed
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
+from common.data.data_cache import CACHE_DIR as DATA_CACHE_DIR
 from common.device import resolve_device
 from common.federation_config import check_non_private_allowed, check_train_size, is_private, site_view
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
@@ -81,7 +83,10 @@ class SiteRuntime:
             If δ or the batch size does not fit the number of training patients read.
         """
         data = _site_data(
-            self.site, json.dumps(OmegaConf.to_container(self.task)), json.dumps(OmegaConf.to_container(self.view.data))
+            self.site,
+            json.dumps(OmegaConf.to_container(self.task)),
+            json.dumps(OmegaConf.to_container(self.view.data)),
+            str(Path(self.view.state_dir) / DATA_CACHE_DIR),
         )
         # Real files: N is known only now; validate_config could check only configured sizes.
         check_train_size(self.view, data.num_train_patients)
@@ -311,9 +316,13 @@ def _quiet_library_warnings(*, os_seeded: bool) -> None:
 # serves its share of all sites (1000 small sites: a few MB). A smaller cache made every message
 # of a large federation rebuild its site's data (bench/scale.py).
 @lru_cache(maxsize=4096)
-def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
+def _site_data(site: str, task_json: str, data_json: str, cache_dir: str) -> SiteData:
     with timed(site, "data"):
-        data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
+        # A deployed ClientApp process answers one message: the site's disk cache saves re-reading
+        # and re-decoding every file each time (common/data/data_cache.py).
+        data = build_site_data(
+            OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)), cache_dir=Path(cache_dir)
+        )
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a
     # site's operator must see what was read and how many bad files were skipped.
     print(f"site {site}: {data.summary}", file=sys.stderr, flush=True)
