@@ -140,6 +140,8 @@ def run_deployment(overrides: list[str], workdir: Path, *, sites: int, timeout: 
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(workdir), "FLWR_HOME": str(flwr_home),
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "LANG": "C.UTF-8",
            TIMING_LOG_ENV: str(workdir / "deploy-timing.jsonl")}
+    if "PYTHONPATH" in os.environ:  # e.g. timing another checkout of privmed with this environment
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     with Processes(logs, env) as procs:
         superlink = procs.start("superlink", [
             str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),

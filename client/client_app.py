@@ -7,16 +7,18 @@ SuperNode (site chosen by ``--node-config 'site="hospital_a"'``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
+if TYPE_CHECKING:
+    from client.site_runtime import SiteRuntime
+
 from client.error_replies import sanitising_mod
 from client.secure_messages import fit_res_content, is_secure_fit, read_fit_ins, secure_aggregation_mod
-from client.secure_update import secure_update
-from client.site_runtime import SiteRuntime
 from client.timing import timed, timing_mod
 from common.federation_config import ConfigError, site_names
 from common.run_config import config_from_run_config
@@ -66,6 +68,10 @@ def build_client_app(
     runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}
 
     def runtime(context: Context) -> SiteRuntime:
+        # Imported with the first train/evaluate message, not with the app: a deployed SuperNode
+        # starts a process per message, and SecAgg+'s key stages need neither torch nor Opacus.
+        from client.site_runtime import SiteRuntime
+
         node = context.node_config
         with timed(str(node.get("site", node.get("partition-id"))), "config"):
             cfg = load_config(context)
@@ -112,6 +118,8 @@ def build_client_app(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
             )
             return Message(content=content, reply_to=msg)
+        from client.secure_update import secure_update  # torch: imported where it is needed (see runtime)
+
         clip = float(config.get("update-clip-norm", 0.0))
         update, _norm = secure_update(
             outcome.state,

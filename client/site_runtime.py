@@ -174,6 +174,7 @@ class SiteRuntime:
         NonPrivateRefused
             If ``privacy=none`` reaches a site reading real files that has not allowed it.
         """
+        self._set_threads()
         model = self.model_from(state, frozen_sha256)
         self._seed_round(server_round)
         if not is_private(self.view.privacy):
@@ -240,6 +241,12 @@ class SiteRuntime:
         ledger.save(self.view.state_dir)
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
 
+    def _set_threads(self) -> None:
+        # Per process and cheap: a deployed site runs each message in a fresh ClientApp process.
+        threads = self.view.training.get("num_threads")
+        if threads is not None and torch.get_num_threads() != int(threads):
+            torch.set_num_threads(int(threads))
+
     def _seed_round(self, server_round: int) -> None:
         # Noise the coordinator could regenerate from the config would be no noise at all: seed
         # from the OS unless the experiment explicitly asks for reproducible noise.
@@ -285,6 +292,7 @@ class SiteRuntime:
 
     def evaluate_round(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> dict[str, float]:
         """Evaluate the global model on the site's test set."""
+        self._set_threads()
         model, test = self.model_from(state, frozen_sha256), self.data.test
         with timed(self.site, "evaluate"):
             metrics = evaluate(
