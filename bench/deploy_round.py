@@ -72,19 +72,29 @@ def round_seconds(tracking_uri: str, run_id: str) -> tuple[float, float, float]:
 
 
 def breakdown(timing_log: Path, start: float, end: float, *, sites: int, rounds: int) -> dict[str, float]:
-    """Seconds per site and round of each timed stage between two rounds' logs; ``processes``: ClientApp processes."""
+    """Seconds per site and round of each timed stage between two rounds' logs.
+
+    ``processes``: ClientApp processes started; ``busiest_site``: the most seconds one site spent
+    starting processes and handling messages (its stages overlap nothing else of its own), so the
+    round time minus it is spent waiting in Flower (polling, launching processes, transport).
+    """
     totals: dict[str, float] = defaultdict(float)
+    busy: dict[str, float] = defaultdict(float)
     lines = timing_log.read_text().splitlines() if timing_log.exists() else []
     for entry in map(json.loads, lines):
         if not start < entry["t"] <= end:
             continue
         stage = entry["stage"]
+        if stage in ("startup", "message"):
+            busy[entry["site"]] += entry["s"]
         if stage == "message":
             stage = f"message:{entry.get('secagg_stage') or entry.get('kind')}"
         if stage == "startup":
             totals["processes"] += 1
         totals[stage] += entry["s"]
-    return {k: v / sites / rounds for k, v in sorted(totals.items())}
+    parts = {k: v / sites / rounds for k, v in sorted(totals.items())}
+    parts["busiest_site"] = max(busy.values(), default=0.0) / rounds
+    return parts
 
 
 def latest_run(tracking_uri: str, after: float = 0.0) -> str | None:
@@ -213,6 +223,8 @@ def main() -> None:
         table.add_column(column, justify="right")
     for stage in sorted(set(sim_parts) | set(deploy_parts)):
         table.add_row(stage, f"{sim_parts.get(stage, 0.0):.2f}", f"{deploy_parts.get(stage, 0.0):.2f}")
+    table.add_row("waiting (round - busiest_site)", f"{sim_round - sim_parts['busiest_site']:.2f}",
+                  f"{deploy_round - deploy_parts['busiest_site']:.2f}")
     Console(width=120).print(table)
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     if args.json:
