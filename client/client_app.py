@@ -70,10 +70,11 @@ def build_client_app(
     def runtime(context: Context) -> SiteRuntime:
         # Imported with the first train/evaluate message, not with the app: a deployed SuperNode
         # starts a process per message, and SecAgg+'s key stages need neither torch nor Opacus.
-        from client.site_runtime import SiteRuntime
-
         node = context.node_config
-        with timed(str(node.get("site", node.get("partition-id"))), "config"):
+        site = str(node.get("site", f"partition-{node.get('partition-id', '?')}"))
+        with timed(site, "imports"):
+            from client.site_runtime import SiteRuntime
+        with timed(site, "config"):
             cfg = load_config(context)
             key = (id(cfg), node["site"] if "site" in node else int(node["partition-id"]))
             if key not in runtimes:
