@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from common.atomic_file import atomic_write
 from common.data.patients import Patient, PatientDataset
 
 CACHE_VERSION = 1
@@ -79,15 +79,8 @@ def save_cached(path: Path, train: PatientDataset, test: TensorDataset, summary:
         arrays["train_weights"] = torch.cat(
             [p.draw_weights if p.draw_weights is not None else torch.ones(len(p.images)) for p in patients]
         ).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".npz.tmp")  # not matched by *.npz
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as out:  # its temporary name does not end in .npz: never taken for an entry
+        np.savez(out, **arrays)
     for other in path.parent.glob("*.npz"):
         if other != path:
             other.unlink(missing_ok=True)
