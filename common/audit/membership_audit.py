@@ -68,7 +68,11 @@ def setting_config(cfg: DictConfig, setting: str, workdir: Path) -> DictConfig:
         "state_root": str(workdir / "state"),
         "data_root": str(workdir / "data"),
         "mlflow": {"run_name": f"audit-membership-{setting}-federation", "log_model": False},
+        # Both settings: the same trained part and the same audited site size (the same attack).
+        "model": {"trainable": cfg.audit.trainable},
     }
+    if cfg.audit.get("site_num_train") is not None:
+        overrides["federation"] = {"sites": {cfg.audit.site: {"data": {"num_train": int(cfg.audit.site_num_train)}}}}
     if setting == "none":
         overrides["privacy"] = {"enabled": False}
         # The positive control must train: without clipping, the DP-tuned step size diverges.
