@@ -7,16 +7,19 @@ SuperNode (site chosen by ``--node-config 'site="hospital_a"'``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig
 
+if TYPE_CHECKING:
+    from client.site_runtime import SiteRuntime
+
 from client.error_replies import sanitising_mod
 from client.secure_messages import fit_res_content, is_secure_fit, read_fit_ins, secure_aggregation_mod
-from client.secure_update import secure_update
-from client.site_runtime import SiteRuntime
+from client.timing import timed, timing_mod
 from common.federation_config import ConfigError, site_names
 from common.run_config import config_from_run_config
 
@@ -58,17 +61,24 @@ def build_client_app(
         except Exception:  # noqa: BLE001
             return f"partition {context.node_config.get('partition-id', '?')}"
 
-    app = ClientApp(mods=[*outer_mods, sanitising_mod(site_of), secure_aggregation_mod, *mods])
+    # timing_mod is outermost and does nothing unless $PRIVMED_TIMING_LOG is set (bench/deploy_round.py).
+    app = ClientApp(mods=[timing_mod, *outer_mods, sanitising_mod(site_of), secure_aggregation_mod, *mods])
     # One runtime per (config, site) per process: resolving a site's view of a federation of
     # hundreds of sites costs ~0.3 s, and a simulation process serves many nodes and rounds.
     runtimes: dict[tuple[int, int | str], tuple[DictConfig, SiteRuntime]] = {}
 
     def runtime(context: Context) -> SiteRuntime:
-        cfg = load_config(context)
+        # Imported with the first train/evaluate message, not with the app: a deployed SuperNode
+        # starts a process per message, and SecAgg+'s key stages need neither torch nor Opacus.
         node = context.node_config
-        key = (id(cfg), node["site"] if "site" in node else int(node["partition-id"]))
-        if key not in runtimes:
-            runtimes[key] = (cfg, SiteRuntime(cfg, site_for_node(cfg, node)))  # holding cfg keeps its id unique
+        site = str(node.get("site", f"partition-{node.get('partition-id', '?')}"))
+        with timed(site, "imports"):
+            from client.site_runtime import SiteRuntime
+        with timed(site, "config"):
+            cfg = load_config(context)
+            key = (id(cfg), node["site"] if "site" in node else int(node["partition-id"]))
+            if key not in runtimes:
+                runtimes[key] = (cfg, SiteRuntime(cfg, site_for_node(cfg, node)))  # holding cfg keeps its id unique
         return runtimes[key][1]
 
     @app.train()
@@ -109,6 +119,8 @@ def build_client_app(
                 {"arrays": ArrayRecord(torch_state_dict=outcome.state), "metrics": MetricRecord(outcome.metrics)}
             )
             return Message(content=content, reply_to=msg)
+        from client.secure_update import secure_update  # torch: imported where it is needed (see runtime)
+
         clip = float(config.get("update-clip-norm", 0.0))
         update, _norm = secure_update(
             outcome.state,

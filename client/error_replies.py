@@ -19,13 +19,13 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from client.secure_update import UpdateRejected
-from common.federation_config import NonPrivateRefused
-from common.privacy import PrivacyBudgetExceeded
+if TYPE_CHECKING:
+    from common.privacy import PrivacyBudgetExceeded
 
 # Error codes the coordinator receives (Flower's own codes are below 100).
 BUDGET_REFUSED = 4001  # the round would exceed the site's privacy budget
@@ -33,21 +33,28 @@ UPDATE_REJECTED = 4002  # the update cannot be aggregated securely (NaN, outside
 NON_PRIVATE_REFUSED = 4003  # privacy=none on real patient files the hospital has not allowed
 SITE_FAILED = 4000  # anything else: the kind is the exception's class name
 
-# Refusals a site states on purpose, by exception type: (code, kind).
-_REFUSALS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (PrivacyBudgetExceeded, BUDGET_REFUSED, "budget refused"),
-    (UpdateRejected, UPDATE_REJECTED, "update rejected"),
-    (NonPrivateRefused, NON_PRIVATE_REFUSED, "privacy=none refused"),
-)
-_KIND_OF_CODE = {code: kind for _, code, kind in _REFUSALS}
+# Refusals a site states on purpose: code -> kind.
+_KIND_OF_CODE = {BUDGET_REFUSED: "budget refused", UPDATE_REJECTED: "update rejected",
+                 NON_PRIVATE_REFUSED: "privacy=none refused"}
+
+
+def _refusals() -> tuple[tuple[type[BaseException], int], ...]:
+    """The refusals' exception types and codes."""
+    # Imported when a message fails, not with the app: they live beside torch and Opacus (~5 s
+    # of imports), which a deployed site's per-message process for a SecAgg+ key stage never needs.
+    from client.secure_update import UpdateRejected
+    from common.federation_config import NonPrivateRefused
+    from common.privacy import PrivacyBudgetExceeded
+
+    return (PrivacyBudgetExceeded, BUDGET_REFUSED), (UpdateRejected, UPDATE_REJECTED), (NonPrivateRefused, NON_PRIVATE_REFUSED)
 
 
 def public_error(site: str, err: BaseException) -> Error:
     """The error reply the coordinator may see for ``err`` at ``site``: site, kind, public numbers."""
-    for refusal, code, kind in _REFUSALS:
+    for refusal, code in _refusals():
         if isinstance(err, refusal):
-            detail = budget_detail(err) if isinstance(err, PrivacyBudgetExceeded) else ""
-            return Error(code=code, reason=f"site {site}: {kind}{detail}")
+            detail = budget_detail(err) if code == BUDGET_REFUSED else ""
+            return Error(code=code, reason=f"site {site}: {_KIND_OF_CODE[code]}{detail}")
     # A class name is code, not data: it says what kind of failure without any value.
     return Error(code=SITE_FAILED, reason=f"site {site}: {type(err).__name__}")
 

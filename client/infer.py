@@ -28,16 +28,8 @@ from common.he.keys import CiphertextError, IntegrityError
 from common.he.model_source import ModelSourceError, load_model
 from common.he.params import CKKSParams, HEParameterError
 from common.he.settings import DEFAULT_CONFIG, load_he_config
+from common.window_arg import parse_window_arg
 
-
-def _window(values: list[str] | None) -> list[float] | None | str:
-    if values is None:
-        return "server"
-    if values == ["none"]:
-        return None
-    if len(values) != 2:
-        raise ValueError(f"--window takes LOW HIGH or none, got {values}")
-    return [float(v) for v in values]
 
 
 def _progress(message: str) -> None:
@@ -53,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
         client,
         CKKSParams.from_config(he_cfg.ckks),
         integrity_tolerance=float(he_cfg.ckks.integrity_tolerance),
-        window=_window(args.window),
+        window=parse_window_arg(args.window, "server"),
         progress=_progress,
     )
     if plaintext is not None and plaintext.image_size != int(session.info["image_size"]):

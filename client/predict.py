@@ -23,19 +23,11 @@ from pathlib import Path
 from common.data.errors import DataError
 from common.models.logged import LoggedModelError, load_trained_model
 from common.prediction import choose_window, predict_file
+from common.window_arg import parse_window_arg
 
 # privmed's default tracking store (conf/config.yaml mlflow.tracking_uri).
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-
-def _window(values: list[str] | None) -> list[float] | None | str:
-    if values is None:
-        return "model"
-    if values == ["none"]:
-        return None
-    if len(values) != 2:
-        raise ValueError(f"--window takes LOW HIGH or none, got {values}")
-    return [float(v) for v in values]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -44,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--out names one mask file: give one image with it")
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     trained = load_trained_model(args.model, tracking_uri=tracking_uri)
-    window = choose_window(trained, _window(args.window))
+    window = choose_window(trained, parse_window_arg(args.window, "model"))
     positive = trained.class_names[-1]
     for path in args.images:
         result = predict_file(trained, Path(path), window=window, mask_path=args.out)

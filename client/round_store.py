@@ -18,13 +18,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from common.atomic_file import atomic_write
 
 UPDATE_FILE = "last_update.pt"
 LOCK_FILE = ".training.lock"
@@ -70,10 +71,8 @@ def model_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def save_update(state_dir: str | os.PathLike[str], update: StoredUpdate) -> Path:
     """Write ``update`` atomically to ``state_dir/last_update.pt`` (replacing the previous round's)."""
-    directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".update-")
-    with os.fdopen(fd, "wb") as handle:
+    target = Path(state_dir) / UPDATE_FILE
+    with atomic_write(target, "wb") as handle:
         torch.save(
             {
                 "server_round": update.server_round,
@@ -84,10 +83,6 @@ def save_update(state_dir: str | os.PathLike[str], update: StoredUpdate) -> Path
             },
             handle,
         )
-        handle.flush()
-        os.fsync(handle.fileno())
-    target = directory / UPDATE_FILE
-    os.replace(tmp, target)
     return target
 
 

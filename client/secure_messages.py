@@ -9,8 +9,8 @@ for both aggregation modes.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
@@ -18,6 +18,9 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
+
+if TYPE_CHECKING:
+    import torch
 
 # Where a legacy FitIns keeps its weights inside a RecordDict.
 FIT_INS_ARRAYS = "fitins.parameters"
@@ -34,6 +37,8 @@ def is_secure_fit(content: RecordDict) -> bool:
 
 def read_fit_ins(content: RecordDict, keys: list[str]) -> tuple[OrderedDict[str, torch.Tensor], dict]:
     """The global weights (named by ``keys``, the exchanged order) and the round config."""
+    import torch  # here, not with the app: SecAgg+ key stages run in processes that never need torch
+
     fit_ins = compat.recorddict_to_fitins(content, keep_input=True)
     arrays = parameters_to_ndarrays(fit_ins.parameters)
     if len(arrays) != len(keys):

@@ -15,6 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +24,10 @@ from torch import nn
 from client.evaluate import evaluate
 from client.round_store import StoredUpdate, model_sha256, released_update, save_update, training_lock
 from client.sparse_sharing import SparseSharing
+from client.timing import timed
 from client.train import dp_train, plain_train
 from common.data import SiteData, build_site_data
+from common.data.data_cache import CACHE_DIR as DATA_CACHE_DIR
 from common.device import resolve_device
 from common.federation_config import check_non_private_allowed, check_train_size, is_private, site_view
 from common.models import exchanged_state, frozen_digest, initial_model, load_exchanged
@@ -80,7 +83,10 @@ class SiteRuntime:
             If δ or the batch size does not fit the number of training patients read.
         """
         data = _site_data(
-            self.site, json.dumps(OmegaConf.to_container(self.task)), json.dumps(OmegaConf.to_container(self.view.data))
+            self.site,
+            json.dumps(OmegaConf.to_container(self.task)),
+            json.dumps(OmegaConf.to_container(self.view.data)),
+            str(Path(self.view.state_dir) / DATA_CACHE_DIR),
         )
         # Real files: N is known only now; validate_config could check only configured sizes.
         check_train_size(self.view, data.num_train_patients)
@@ -95,7 +101,8 @@ class SiteRuntime:
             If the frozen weights differ from the server's (``frozen_sha256``), or the
             received weights are NaN/inf or do not fit the model.
         """
-        model = initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)
+        with timed(self.site, "model"):
+            model = initial_model(self.model_cfg, self.seed, tracking_uri=self.tracking_uri)
         if frozen_sha256 is not None and frozen_digest(model) != frozen_sha256:
             raise ValueError(
                 f"site {self.site}: frozen weights differ from the server's (same model config, seed, "
@@ -167,6 +174,7 @@ class SiteRuntime:
         NonPrivateRefused
             If ``privacy=none`` reaches a site reading real files that has not allowed it.
         """
+        self._set_threads()
         model = self.model_from(state, frozen_sha256)
         self._seed_round(server_round)
         if not is_private(self.view.privacy):
@@ -195,11 +203,12 @@ class SiteRuntime:
                   "re-sending the stored update (no new privacy cost)", file=sys.stderr, flush=True)
             return TrainOutcome(state=stored.state, metrics=stored.metrics, ledger_json=ledger.to_json())
         sigma = self.noise_multiplier(ledger, planned_rounds=planned_rounds)
-        with warnings.catch_warnings():
+        data = self.data  # read (or loaded from the site's cache) before the DP-SGD timer starts
+        with warnings.catch_warnings(), timed(self.site, "dp_sgd"):
             _quiet_library_warnings(os_seeded=not self.view.privacy.reproducible_noise)
             result = dp_train(
                 model,
-                self.data.train,
+                data.train,
                 task=self.task.name,
                 training=self.view.training,
                 ledger=ledger,
@@ -231,6 +240,12 @@ class SiteRuntime:
         )
         ledger.save(self.view.state_dir)
         return TrainOutcome(state=result.state, metrics=metrics, ledger_json=ledger.to_json())
+
+    def _set_threads(self) -> None:
+        # Per process and cheap: a deployed site runs each message in a fresh ClientApp process.
+        threads = self.view.training.get("num_threads")
+        if threads is not None and torch.get_num_threads() != int(threads):
+            torch.set_num_threads(int(threads))
 
     def _seed_round(self, server_round: int) -> None:
         # Noise the coordinator could regenerate from the config would be no noise at all: seed
@@ -277,14 +292,17 @@ class SiteRuntime:
 
     def evaluate_round(self, state: dict[str, torch.Tensor], frozen_sha256: str | None = None) -> dict[str, float]:
         """Evaluate the global model on the site's test set."""
-        metrics = evaluate(
-            self.model_from(state, frozen_sha256),
-            self.data.test,
-            task=self.task.name,
-            batch_size=self.view.training.eval_batch_size,
-            device=self.device,
-            class_names=list(self.task.get("class_names") or []),
-        )
+        self._set_threads()
+        model, test = self.model_from(state, frozen_sha256), self.data.test
+        with timed(self.site, "evaluate"):
+            metrics = evaluate(
+                model,
+                test,
+                task=self.task.name,
+                batch_size=self.view.training.eval_batch_size,
+                device=self.device,
+                class_names=list(self.task.get("class_names") or []),
+            )
         metrics["site-index"] = float(self.index)
         metrics["uniform-weight"] = 1.0  # present in every reply: Flower validates the weighting key
         return metrics
@@ -306,8 +324,13 @@ def _quiet_library_warnings(*, os_seeded: bool) -> None:
 # serves its share of all sites (1000 small sites: a few MB). A smaller cache made every message
 # of a large federation rebuild its site's data (bench/scale.py).
 @lru_cache(maxsize=4096)
-def _site_data(site: str, task_json: str, data_json: str) -> SiteData:
-    data = build_site_data(OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)))
+def _site_data(site: str, task_json: str, data_json: str, cache_dir: str) -> SiteData:
+    with timed(site, "data"):
+        # A deployed ClientApp process answers one message: the site's disk cache saves re-reading
+        # and re-decoding every file each time (common/data/data_cache.py).
+        data = build_site_data(
+            OmegaConf.create(json.loads(task_json)), OmegaConf.create(json.loads(data_json)), cache_dir=Path(cache_dir)
+        )
     # Printed, not logged: simulation workers forward stdout/stderr but drop INFO logs, and a
     # site's operator must see what was read and how many bad files were skipped.
     print(f"site {site}: {data.summary}", file=sys.stderr, flush=True)

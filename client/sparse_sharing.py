@@ -18,7 +18,6 @@ the release is written before the ledger that accounts it and re-used only once 
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from client.round_store import model_sha256
+from common.atomic_file import atomic_write
 from common.privacy.sparse_vector import SvtScales, noise_scales, sparse_vector, split_epsilon, svt_epsilon
 from common.privacy.svt_ledger import SvtLedger
 from common.sparse_update import encode, flat_delta, is_sparse, num_shared, top_fraction
@@ -159,9 +159,7 @@ RELEASE_FILE = "last_svt_release.npz"
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], metrics: dict[str, float], server_round: int, sha: str) -> None:
     """Write atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         np.savez(
             handle,
             server_round=np.int64(server_round),
@@ -169,9 +167,6 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray], metrics: dict[str, floa
             **{f"array.{k}": v for k, v in arrays.items()},
             **{f"metric.{k}": np.float64(v) for k, v in metrics.items()},
         )
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -160,6 +160,9 @@ def _check_training(t: DictConfig, where: str) -> None:
         )
     if t.grad_sample_chunk_mib <= 0:
         raise ConfigError(f"{where}: training.grad_sample_chunk_mib must be > 0, got {t.grad_sample_chunk_mib}")
+    threads = t.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"{where}: training.num_threads must be an integer >= 1 or null, got {threads!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:

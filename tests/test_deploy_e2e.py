@@ -118,6 +118,21 @@ def _ledger_steps(state_dir: Path) -> int:
     return sum(h[2] for h in json.loads(path.read_text())["history"]) if path.is_file() else 0
 
 
+def _kill_in_training_and_restart(procs: Processes, env: dict[str, str], nodes: list[Started], superlink: Started,
+                                  site: str) -> None:
+    """SIGKILL ``site``'s SuperNode once it has read its data for the next round (it is training), restart it."""
+    i = SITES.index(site)
+    node = nodes[i]
+    reads = _data_reads(node, site)
+    procs.wait_for(f"{site} training", lambda: _data_reads(node, site) > reads, timeout=900,
+                   needs=(superlink, node), interval=0.2)
+    procs.kill(node)
+    # The SuperLink refuses the same node again (exit 305) until it has missed 2 heartbeats (≤ 60 s).
+    procs.wait_for(f"the SuperLink to see {site} offline", lambda: _online(env) < len(SITES), timeout=150,
+                   needs=(superlink,), interval=3)
+    nodes[i] = procs.restart(node)
+
+
 def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_nodes(tmp_path):
     certs, flwr_home, logs = tmp_path / "certs", tmp_path / "flwr-home", tmp_path / "logs"
     flwr_home.mkdir()
@@ -192,15 +207,7 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
 
         # 5. SIGKILL hospital_c's SuperNode once it has read its data for round 2 (it is training),
         # and restart it: SecAgg+ unmasks the round without it, and it rejoins round 3.
-        node_c = nodes[SITES.index("hospital_c")]
-        reads = _data_reads(node_c, "hospital_c")
-        procs.wait_for("hospital_c training round 2", lambda: _data_reads(node_c, "hospital_c") > reads,
-                       timeout=900, needs=(superlink, node_c), interval=0.2)
-        procs.kill(node_c)
-        # The SuperLink refuses the same node again (exit 305) until it has missed 2 heartbeats (≤ 60 s).
-        procs.wait_for("the SuperLink to see hospital_c offline", lambda: _online(env) < len(SITES), timeout=150,
-                       needs=(superlink,), interval=3)
-        nodes[SITES.index("hospital_c")] = procs.restart(node_c)
+        _kill_in_training_and_restart(procs, env, nodes, superlink, "hospital_c")
         procs.wait_for("round 2 in MLflow", logged(2), timeout=900, needs=(superlink, mlflow), interval=1)
 
         # 6. SIGKILL the coordinator (SuperLink and its ServerApp) once a site trains round 3; restart
@@ -278,14 +285,7 @@ def test_tls_authenticated_federation_runs_logs_to_mlflow_and_refuses_unknown_no
         procs.wait_for("round 1 of the plain run", lambda: mlflow_run_id() != run_id and logged(1)(), timeout=900,
                        needs=(superlink, mlflow, *nodes), interval=1)
         plain_id = mlflow_run_id()
-        node_c = nodes[SITES.index("hospital_c")]
-        reads = _data_reads(node_c, "hospital_c")
-        procs.wait_for("hospital_c training round 2", lambda: _data_reads(node_c, "hospital_c") > reads,
-                       timeout=900, needs=(superlink, node_c), interval=0.2)
-        procs.kill(node_c)
-        procs.wait_for("the SuperLink to see hospital_c offline", lambda: _online(env) < len(SITES), timeout=150,
-                       needs=(superlink,), interval=3)
-        nodes[SITES.index("hospital_c")] = procs.restart(node_c)
+        _kill_in_training_and_restart(procs, env, nodes, superlink, "hospital_c")
         procs.wait_for("the plain run to finish", lambda: client.get_run(plain_id).info.status == "FINISHED",
                        timeout=900, needs=(superlink, mlflow), interval=2)
         assert _history(client, plain_id, "sites_trained") == [(1, 3.0), (2, 2.0), (3, 3.0)], procs.tails()

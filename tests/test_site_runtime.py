@@ -184,3 +184,17 @@ def test_an_update_whose_ledger_was_never_written_is_not_resent(tiny_config):
     (Path(site.view.state_dir) / LEDGER_FILE).unlink()
     out = site.train_round(state, server_round=1, planned_rounds=2, cached_ledger=None)
     assert out.metrics["steps"] == 4 and site.load_ledger(None).steps == 4
+
+
+def test_site_uses_its_configured_threads_and_refuses_a_bad_count(tiny_config):
+    from common.federation_config import ConfigError, validate_config
+
+    cfg = tiny_config("model=small_cnn", "+federation.sites.hospital_b.training.num_threads=1")
+    torch.set_num_threads(2)
+    SiteRuntime(cfg, "hospital_a").evaluate_round(_initial_state(cfg))
+    assert torch.get_num_threads() == 2  # null: torch's default left alone
+    SiteRuntime(cfg, "hospital_b").evaluate_round(_initial_state(cfg))
+    assert torch.get_num_threads() == 1  # the site's own setting
+    torch.set_num_threads(2)
+    with pytest.raises(ConfigError, match=r"hospital_c: training.num_threads must be an integer >= 1 or null, got 0"):
+        validate_config(tiny_config("+federation.sites.hospital_c.training.num_threads=0"))

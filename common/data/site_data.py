@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import TensorDataset
 
+from common.data.data_cache import cache_digest, load_cached, save_cached
 from common.data.errors import BadFiles
 from common.data.patients import Patient, PatientDataset, Sample, flat_dataset
 from common.data.preprocess import standardize_per_image
@@ -52,8 +53,8 @@ class SiteData:
         return len(self.train)
 
 
-def build_site_data(task_cfg: DictConfig, data_cfg: DictConfig) -> SiteData:
-    """Build a site's datasets.
+def build_site_data(task_cfg: DictConfig, data_cfg: DictConfig, *, cache_dir: Path | None = None) -> SiteData:
+    """Build a site's datasets, from ``cache_dir`` when it holds them for these files and settings.
 
     Parameters
     ----------
@@ -62,6 +63,8 @@ def build_site_data(task_cfg: DictConfig, data_cfg: DictConfig) -> SiteData:
     data_cfg : DictConfig
         The site's ``data`` view: ``format``, ``root`` and reader settings, or the in-memory
         generator's sizes, seed and shifts.
+    cache_dir : Path or None
+        The site's data cache (``common/data/data_cache.py``) for file formats; None: always read.
 
     Raises
     ------
@@ -81,6 +84,14 @@ def build_site_data(task_cfg: DictConfig, data_cfg: DictConfig) -> SiteData:
     root = Path(os.path.normpath(data_cfg.root))
     if data_cfg.get("synthesize"):
         ensure_synthetic(root, task=task_cfg, data=data_cfg)
+    cache_file = None
+    if cache_dir is not None and root.is_dir():  # a missing root must fail in the reader, never hit a cache
+        settings = {"task": OmegaConf.to_container(task_cfg, resolve=True),
+                    "data": OmegaConf.to_container(data_cfg, resolve=True)}
+        cache_file = Path(cache_dir) / f"{cache_digest(root, settings)}.npz"
+        if (hit := load_cached(cache_file)) is not None:
+            train_set, test_set, summary, skipped = hit
+            return SiteData(train_set, test_set, f"{summary} (from the site's data cache)", skipped)
     bad = BadFiles(data_cfg.get("on_bad_file", "error"))
     samples = read_files(root, task=task_cfg, data=data_cfg, bad=bad)
     train, test = split_samples(samples, mode=data_cfg.split, test_fraction=data_cfg.test_fraction, seed=data_cfg.seed)
@@ -91,6 +102,8 @@ def build_site_data(task_cfg: DictConfig, data_cfg: DictConfig) -> SiteData:
         summary=_summary(data_cfg, root, train, test, bad),
         skipped=tuple(bad.skipped),
     )
+    if cache_file is not None:
+        save_cached(cache_file, data.train, data.test, data.summary, data.skipped)
     log.info("%s", data.summary)
     if bad.count:
         log.warning("%s: skipped %d bad file(s) (data.on_bad_file=skip)", root, bad.count)

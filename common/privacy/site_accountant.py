@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from opacus.accountants import IAccountant
 
 from common.privacy.mechanisms import new_accountant
+from common.privacy.ledger_file import save_ledger, stored_ledgers
 
 LEDGER_FILE = "privacy_ledger.json"
 _SCHEMA = 1
@@ -156,16 +156,7 @@ class SiteAccountant:
         Written to a temporary file and renamed, so a crash mid-write never leaves a
         truncated ledger (which would reset the site's ε).
         """
-        directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / LEDGER_FILE
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ledger-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        return target
+        return save_ledger(self.to_json(), state_dir, LEDGER_FILE)
 
     @classmethod
     def restore(
@@ -181,15 +172,7 @@ class SiteAccountant:
         ValueError
             If a stored ledger belongs to another site or uses other δ/accountant.
         """
-        candidates = []
-        path = Path(state_dir) / LEDGER_FILE
-        if path.exists():
-            try:
-                candidates.append(cls.from_json(path.read_text()))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"privacy ledger {path} is unreadable ({err}); refusing to reset it") from err
-        if cached:
-            candidates.append(cls.from_json(cached))
+        candidates = stored_ledgers(state_dir, LEDGER_FILE, cached, cls.from_json, "privacy ledger")
         if not candidates:
             return cls(site=site, mechanism=mechanism, delta=delta)
         ledger = max(candidates, key=lambda c: c.steps)

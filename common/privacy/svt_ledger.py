@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.privacy.site_accountant import PrivacyBudgetExceeded
+from common.privacy.ledger_file import save_ledger, stored_ledgers
 
 SVT_LEDGER_FILE = "svt_ledger.json"
 _SCHEMA = 1
@@ -56,16 +56,7 @@ class SvtLedger:
 
     def save(self, state_dir: str | os.PathLike[str]) -> Path:
         """Write atomically to ``state_dir/svt_ledger.json`` (a truncated ledger would reset ε)."""
-        directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".svt-ledger-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        target = directory / SVT_LEDGER_FILE
-        os.replace(tmp, target)
-        return target
+        return save_ledger(self.to_json(), state_dir, SVT_LEDGER_FILE)
 
     @classmethod
     def restore(cls, *, site: str, state_dir: str | os.PathLike[str], cached: str | None = None) -> SvtLedger:
@@ -76,15 +67,7 @@ class SvtLedger:
         ValueError
             If a stored ledger is unreadable or belongs to another site.
         """
-        candidates = []
-        path = Path(state_dir) / SVT_LEDGER_FILE
-        if path.exists():
-            try:
-                candidates.append(cls.from_json(path.read_text()))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"SVT ledger {path} is unreadable ({err}); refusing to reset it") from err
-        if cached:
-            candidates.append(cls.from_json(cached))
+        candidates = stored_ledgers(state_dir, SVT_LEDGER_FILE, cached, cls.from_json, "SVT ledger")
         if not candidates:
             return cls(site=site)
         ledger = max(candidates, key=lambda c: c.epsilon)
