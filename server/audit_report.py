@@ -35,12 +35,13 @@ def inversion_metrics(report: InversionReport) -> dict[str, float]:
 
 
 def membership_metrics(results: list[MembershipResult]) -> dict[str, float]:
-    """``membership.<setting>.{eps_lower, auc, auc_gradient, guesses, correct}`` and ``.dp.eps_claimed``."""
+    """``membership.<setting>.{eps_lower, auc, auc_gradient, auc_rounds, guesses, correct}`` and ``.dp.eps_claimed``."""
     metrics: dict[str, float] = {}
     for r in results:
         prefix = f"membership.{r.setting}"
         metrics.update({f"{prefix}.eps_lower": r.bound.eps_lower, f"{prefix}.auc": r.auc_loss,
-                        f"{prefix}.auc_gradient": r.auc_gradient, f"{prefix}.guesses": r.bound.guesses,
+                        f"{prefix}.auc_gradient": r.auc_gradient, f"{prefix}.auc_rounds": r.auc_rounds,
+                        f"{prefix}.guesses": r.bound.guesses,
                         f"{prefix}.correct": r.bound.correct, f"{prefix}.canaries_included": r.included})
         if not math.isinf(r.eps_claimed):
             metrics[f"{prefix}.eps_claimed"] = r.eps_claimed
@@ -59,13 +60,14 @@ def inversion_table(report: InversionReport) -> str:
 
 def membership_table(results: list[MembershipResult]) -> str:
     """One line per setting."""
-    lines = [f"{'setting':>7} {'ε lower':>8} {'ε claimed':>9} {'AUC loss':>8} {'AUC grad':>8} {'guesses':>8} {'correct':>7}"]
+    lines = [f"{'setting':>7} {'ε lower':>8} {'ε claimed':>9} {'AUC loss':>8} {'AUC grad':>8} {'AUC rnds':>8} {'guesses':>8} {'correct':>7}"]
     for r in results:
         lines.append(f"{r.setting:>7} {r.bound.eps_lower:8.3f} {r.eps_claimed:9.3f} {r.auc_loss:8.3f} "
-                     f"{r.auc_gradient:8.3f} {r.bound.guesses:8d} {r.bound.correct:7d}")
+                     f"{r.auc_gradient:8.3f} {r.auc_rounds:8.3f} {r.bound.guesses:8d} {r.bound.correct:7d}")
     if results:
         r = results[0]
-        lines.append(f"m={r.canaries} canaries; 95% confidence split over {r.bound.tests} tests (Bonferroni)")
+        lines.append(f"m={r.canaries} canaries; 95% confidence split over {r.bound.tests} tests (Bonferroni); "
+                     f"per-round score on the {r.rounds_source}")
     return "\n".join(lines)
 
 

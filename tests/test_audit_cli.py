@@ -61,7 +61,7 @@ def test_inversion_cli_logs_the_contract_metrics(tmp_path):
 def test_membership_cli_logs_the_contract_metrics(tmp_path):
     stdout, metrics, _ = _audit(tmp_path, "audit=membership", "audit.canaries=20")
     for key in ("membership.none.eps_lower", "membership.dp.eps_lower", "membership.dp.eps_claimed",
-                "membership.none.auc", "membership.dp.auc"):
+                "membership.none.auc", "membership.dp.auc", "membership.none.auc_rounds"):
         assert key in metrics, key
     assert 0 < metrics["membership.dp.eps_claimed"] <= 8.0
-    assert "ε lower" in stdout
+    assert "ε lower" in stdout and "per-round score on the site update" in stdout

@@ -1,8 +1,11 @@
 """Canary patients for the one-run membership audit, written as real files at the audited site.
 
-Each canary is an out-of-distribution image (Gaussian pixel noise, nothing like an X-ray)
-with a random label: a model that learns it learns it by heart, which is what the audit
-must be able to see. Each canary is included in the site's training folder independently
+Each canary is an out-of-distribution image with a random label: a model that learns it learns
+it by heart, which is what the audit must be able to see. Each is its own high-contrast pattern
+(a random 4 x 4 field, smoothly upsampled and thresholded to two grey levels), so canaries
+differ from one another as well as from X-rays: Gaussian-noise canaries (the first design) all
+looked alike to the model, which learnt "noise" as a group, and their gradients could not tell
+an included canary from an excluded one. Each canary is included in the site's training folder independently
 with probability 1/2; every canary is kept aside (under ``pool``) to be scored afterwards
 with the same reader the site uses.
 """
@@ -31,6 +34,13 @@ class Canaries:
     images: torch.Tensor  # [m, 1, S, S]
     labels: torch.Tensor  # [m]
     included: np.ndarray  # [m] bool
+
+
+def _pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A two-level pattern ``[size, size]`` in [0, 1]: a random coarse field, bicubic-upsampled, thresholded."""
+    coarse = torch.as_tensor(rng.random((1, 1, 4, 4)), dtype=torch.float32)
+    field = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)[0, 0]
+    return np.where(field.numpy() > 0.5, 0.95, 0.05)
 
 
 def plant_canaries(
@@ -62,7 +72,7 @@ def plant_canaries(
     pool.mkdir(parents=True, exist_ok=True)
     images = []
     for i in range(count):
-        pixels = np.clip(rng.normal(0.5, 0.25, (file_size, file_size)), 0.0, 1.0)
+        pixels = _pattern(rng, file_size)
         path = pool / _NAME.format(i + 1)
         Image.fromarray(np.rint(pixels * 255).astype(np.uint8), mode="L").save(path, quality=jpeg_quality)
         if included[i]:

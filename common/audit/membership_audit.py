@@ -7,7 +7,10 @@ For each setting (``none``: ``privacy=none``; ``dp``: the configured privacy), t
 2. runs the whole federation (every round, every site, the real Flower simulation);
 3. scores each canary with the final global model against the initial one (both known to
    every site): the drop of its loss (black box on the two models) and the alignment of the
-   model's change with the canary's gradient (white box);
+   model's change with the canary's gradient (white box); and, round by round, the alignment
+   of what the coordinator saw of the audited site (its own update under ``aggregation=plain``,
+   else the change of the global model) with the canary's gradient at that round's global model
+   (:mod:`common.audit.round_scores`, recorded by :mod:`common.audit.round_capture`);
 4. guesses "in" for the highest and "out" for the lowest scores and turns the correct guesses
    into an ε lower bound at the configured confidence (:mod:`common.audit.one_run_bound`,
    Bonferroni over both scores and every guess size tried), and reports the membership AUC.
@@ -31,15 +34,17 @@ from sklearn.metrics import roc_auc_score
 
 from common.audit.canaries import Canaries, plant_canaries
 from common.audit.one_run_bound import AuditBound, best_eps_lower_bound
+from common.audit.round_capture import recorded_rounds, round_recorder
+from common.audit.round_scores import CountSketch, canary_gradients, flat_update, residual_alignment, standardised
 from common.data.synthesize import ensure_synthetic
-from common.federation_config import site_view
+from common.federation_config import site_names, site_view
 from common.losses import task_loss
 from common.models import exchanged_state, initial_model, load_exchanged
 from common.privacy import SiteAccountant
 
 SETTINGS = ("none", "dp")
 # A federation runner: the composed config in, an object with ``final_state`` out (privmed-simulate's).
-RunFederation = Callable[[DictConfig], Any]
+RunFederation = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class MembershipResult:
     bound: AuditBound
     auc_loss: float
     auc_gradient: float
+    auc_rounds: float
+    rounds_source: str
     eps_claimed: float
     canaries: int
     included: int
@@ -61,9 +68,15 @@ def setting_config(cfg: DictConfig, setting: str, workdir: Path) -> DictConfig:
         "state_root": str(workdir / "state"),
         "data_root": str(workdir / "data"),
         "mlflow": {"run_name": f"audit-membership-{setting}-federation", "log_model": False},
+        # Both settings: the same trained part and the same audited site size (the same attack).
+        "model": {"trainable": cfg.audit.trainable},
     }
+    if cfg.audit.get("site_num_train") is not None:
+        overrides["federation"] = {"sites": {cfg.audit.site: {"data": {"num_train": int(cfg.audit.site_num_train)}}}}
     if setting == "none":
         overrides["privacy"] = {"enabled": False}
+        # The positive control must train: without clipping, the DP-tuned step size diverges.
+        overrides["training"] = OmegaConf.to_container(cfg.audit.get("none_training") or {})
     merged = OmegaConf.merge(cfg, overrides)
     resolved = OmegaConf.create(OmegaConf.to_container(merged, resolve=True))
     OmegaConf.set_readonly(resolved, True)
@@ -91,6 +104,36 @@ def canary_scores(
         aligns.append(float(-sum((g * change[k]).sum() for g, k in zip(grads, change)) / norm))
         drops.append(float(drop))
     return np.asarray(drops), np.asarray(aligns)
+
+
+def round_scores(
+    cfg: DictConfig, canaries: Canaries, rounds: list[dict], final_state: dict, *, components: int, sketch_dim: int
+) -> tuple[np.ndarray, str]:
+    """The per-round white-box score of every canary, and what it was computed on.
+
+    ``site update`` when every round's reply of the audited site was recorded in the clear
+    (``aggregation=plain``: the coordinator sees it), else ``global change`` (θ_{t+1} − θ_t,
+    seen by every site and the coordinator under any aggregation).
+
+    Raises
+    ------
+    ValueError
+        If no round was recorded.
+    """
+    if not rounds:
+        raise ValueError("no training round of the audited site was recorded; the per-round score needs them")
+    own = all(r["sent"] is not None for r in rounds) and cfg.aggregation.name == "plain"
+    model = initial_model(cfg.model, int(cfg.seed))
+    keys = [k for k, p in model.named_parameters() if p.requires_grad]
+    sketch = CountSketch(sum(p.numel() for k, p in model.named_parameters() if p.requires_grad), sketch_dim, int(cfg.seed))
+    total = np.zeros(len(canaries.included))
+    for t, record in enumerate(rounds):
+        after = record["sent"] if own else (rounds[t + 1]["global"] if t + 1 < len(rounds) else final_state)
+        load_exchanged(model, record["global"])
+        grads = canary_gradients(model, keys, canaries.images, canaries.labels, task=cfg.task.name, sketch=sketch)
+        update = sketch(flat_update(record["global"], after, keys))
+        total += standardised(residual_alignment(grads, update, components=components))
+    return total, "site update" if own else "global change"
 
 
 def _claimed_epsilon(cfg: DictConfig, site: str, setting: str) -> float:
@@ -132,7 +175,9 @@ def audit_setting(cfg: DictConfig, setting: str, *, workdir: Path, run_federatio
         jpeg_quality=int(scfg.task.synthetic.jpeg_quality),
         seed=int(scfg.seed) * 31 + SETTINGS.index(setting),
     )
-    report = run_federation(scfg)
+    recorded = workdir / setting / "rounds"
+    site_index = site_names(scfg).index(audit.site)
+    report = run_federation(scfg, client_outer_mods=[round_recorder(site_index, recorded)])
     # A bound from a federation that stopped early would audit a model that never saw the canaries.
     if getattr(report, "stop_reason", None) or getattr(report, "final_state", None) is None:
         raise ValueError(f"the {setting} federation did not run to its end ({getattr(report, 'stop_reason', None)}); "
@@ -141,8 +186,10 @@ def audit_setting(cfg: DictConfig, setting: str, *, workdir: Path, run_federatio
     final = initial_model(scfg.model, int(scfg.seed))
     load_exchanged(final, report.final_state)
     drops, aligns = canary_scores(initial, final, canaries, task=scfg.task.name)
+    per_round, source = round_scores(scfg, canaries, recorded_rounds(recorded), report.final_state,
+                                     components=int(audit.components), sketch_dim=int(audit.sketch_dim))
     bound = best_eps_lower_bound(
-        [drops, aligns],
+        [drops, aligns, per_round],
         canaries.included,
         guess_fractions=list(audit.guess_fractions),
         delta=float(view.privacy.delta),
@@ -153,6 +200,8 @@ def audit_setting(cfg: DictConfig, setting: str, *, workdir: Path, run_federatio
         bound=bound,
         auc_loss=float(roc_auc_score(canaries.included, drops)),
         auc_gradient=float(roc_auc_score(canaries.included, aligns)),
+        auc_rounds=float(roc_auc_score(canaries.included, per_round)),
+        rounds_source=source,
         eps_claimed=_claimed_epsilon(scfg, audit.site, setting),
         canaries=len(canaries.included),
         included=int(canaries.included.sum()),
